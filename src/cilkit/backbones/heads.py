@@ -1,0 +1,161 @@
+"""Classifier heads that grow by whole classes.
+
+Each head keeps one weight ``Parameter`` of shape ``(num_classes, in_features)`` (and one bias
+``Parameter`` where it has a bias). :meth:`expand` rebuilds these parameters with the old rows
+copied exactly and new rows appended, so an optimiser built before an ``expand`` must be rebuilt
+after it.
+Loading a state dict resizes the head to the number of classes stored in it, so a checkpoint can be
+loaded into a freshly built network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _ExpandableHead(nn.Module):
+    """Shared growth logic: subclasses say how new weight (and bias) rows are initialised."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(self, in_features: int, bias: bool) -> None:
+        super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features must be >= 1, got {in_features}")
+        self.in_features = in_features
+        self.weight = nn.Parameter(torch.empty(0, in_features))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(0))
+        else:
+            self.register_parameter("bias", None)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes (rows of the weight)."""
+        return self.weight.shape[0]
+
+    def _init_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _set_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        requires_grad = self.weight.requires_grad
+        self.weight = nn.Parameter(weight, requires_grad=requires_grad)
+        if bias is not None:
+            self.bias = nn.Parameter(bias, requires_grad=requires_grad)
+
+    @torch.no_grad()
+    def expand(self, num_new: int) -> None:
+        """Append ``num_new`` freshly initialised classes, keeping the old rows exactly.
+
+        Args:
+            num_new: number of classes to add (0 is a no-op).
+        """
+        if num_new < 0:
+            raise ValueError(f"num_new must be >= 0, got {num_new}")
+        if num_new == 0:
+            return
+        old_w = self.weight.detach()
+        new_w = old_w.new_empty(num_new, self.in_features)
+        new_b = None if self.bias is None else old_w.new_empty(num_new)
+        self._init_rows(new_w, new_b)
+        bias = None
+        if self.bias is not None and new_b is not None:
+            bias = torch.cat([self.bias.detach(), new_b])
+        self._set_rows(torch.cat([old_w, new_w]), bias)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        stored = state_dict.get(prefix + "weight")
+        if (
+            isinstance(stored, torch.Tensor)
+            and stored.ndim == 2
+            and stored.shape[1] == self.in_features
+            and stored.shape[0] != self.num_classes
+        ):
+            rows = stored.shape[0]
+            w = self.weight
+            bias = None if self.bias is None else w.new_zeros(rows)
+            self._set_rows(w.new_zeros(rows, self.in_features), bias)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class ExpandableLinear(_ExpandableHead):
+    """A linear classifier ``x @ W.T + b`` that grows by whole classes.
+
+    New rows are initialised like :class:`torch.nn.Linear` (uniform in
+    ``+-1/sqrt(in_features)``). With 0 classes the output is ``(B, 0)``.
+
+    Args:
+        in_features: feature width.
+        bias: whether to learn a bias per class.
+    """
+
+    def __init__(self, in_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, bias)
+
+    def _init_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # what nn.Linear does
+        if bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(bias, -bound, bound)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.weight, self.bias)
+
+
+class CosineLinear(_ExpandableHead):
+    """A cosine classifier ``sigma * <x / |x|, w / |w|>`` that grows by whole classes (LUCIR).
+
+    New rows are uniform in ``+-1/sqrt(in_features)``; ``sigma`` is a learnable scale initialised
+    to 1 (or no scale at all with ``learn_sigma=False``). There is no bias.
+
+    Args:
+        in_features: feature width.
+        learn_sigma: learn the scale ``sigma``; otherwise the logits are plain cosines.
+    """
+
+    sigma: nn.Parameter | None
+
+    def __init__(self, in_features: int, learn_sigma: bool = True) -> None:
+        super().__init__(in_features, bias=False)
+        if learn_sigma:
+            self.sigma = nn.Parameter(torch.ones(()))
+        else:
+            self.register_parameter("sigma", None)
+
+    def _init_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(weight, -bound, bound)
+
+    def cosine(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities ``(B, num_classes)`` before the scale."""
+        return F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.cosine(features)
+        return out if self.sigma is None else self.sigma * out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, learn_sigma={self.sigma is not None}"

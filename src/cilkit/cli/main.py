@@ -1,0 +1,175 @@
+"""The ``cilkit`` command: run, list, show-config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import sys
+import textwrap
+from importlib import resources
+from pathlib import Path
+
+from cilkit.errors import CilkitError, ConfigError
+
+KINDS = ("learners", "backbones", "datasets", "buffers")
+
+
+def _registries():
+    from cilkit.backbones import BACKBONES
+    from cilkit.buffers.selection import SELECTORS
+    from cilkit.data import datasets as _datasets  # noqa: F401  (registration)
+    from cilkit.data.base import DATASETS
+    from cilkit.learners import LEARNERS
+
+    return {"learners": LEARNERS, "backbones": BACKBONES, "datasets": DATASETS, "buffers": SELECTORS}
+
+
+def quickstart_config_text() -> str:
+    """The embedded quickstart config (also shipped as configs/quickstart.yaml)."""
+    return resources.files("cilkit").joinpath("configs/quickstart.yaml").read_text()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cilkit",
+        description="Class-incremental learning on one fast engine.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              cilkit run                                   # the embedded digits quickstart
+              cilkit run -c configs/experiments/icarl_cifar100_b0_inc10.yaml data.root=/data
+              cilkit run -c X.yaml train.epochs=2 learner.kd_temperature=3 --out runs/try
+              cilkit list learners
+              cilkit show-config icarl
+            """
+        ),
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="train and evaluate a learner over a class-incremental scenario",
+        description="Train and evaluate. Without -c, runs the embedded digits quickstart.",
+    )
+    run.add_argument("-c", "--config", help="experiment YAML (default: the embedded quickstart)")
+    run.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=2"
+    )
+    run.add_argument("--out", help="run directory (default: runs/<date-time>-<name>/)")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace a run directory that holds another run"
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    ls = sub.add_parser("list", help="list registered components with a one-line description")
+    ls.add_argument("kind", choices=KINDS)
+
+    show = sub.add_parser(
+        "show-config",
+        help="print a learner's (or backbone's) typed options with defaults and docs",
+        description="Print the options of a learner or backbone, or of a config section "
+        "(data, scenario, memory, optim, train, engine).",
+    )
+    show.add_argument("name")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cilkit.config import build_config
+    from cilkit.config.loader import read_yaml
+    from cilkit.engine.trainer import Trainer
+
+    if args.config:
+        data = read_yaml(args.config)
+        source = args.config
+    else:
+        import yaml
+
+        data = yaml.safe_load(quickstart_config_text())
+        source = "quickstart.yaml (embedded)"
+    cfg = build_config(data, args.overrides, source=source)
+    if args.quiet:
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, progress="none"))
+    if args.out:
+        out = Path(args.out)
+    else:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{stamp}-{cfg.name}"
+    if (out / "config.yaml").exists() and not args.overwrite:
+        raise CilkitError(
+            f"--out {out} already holds a run; choose another --out or pass --overwrite"
+        )
+    Trainer(cfg, out, source=source).fit()
+    print(f"\nrun directory: {out}  (config.yaml, metrics.jsonl, summary.json, plots/)")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    reg = _registries()[args.kind]
+    entries = reg.entries()
+    width = max((len(e.name) for e in entries), default=0)
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.description}")
+    return 0
+
+
+def _cmd_show_config(args: argparse.Namespace) -> int:
+    from cilkit.config import schema
+    from cilkit.config.loader import describe_config
+
+    regs = _registries()
+    sections = {
+        "data": schema.DataConfig,
+        "scenario": schema.ScenarioConfig,
+        "memory": schema.MemoryConfig,
+        "optim": schema.OptimConfig,
+        "train": schema.TrainConfig,
+        "engine": schema.EngineConfig,
+    }
+    if args.name in regs["learners"]:
+        entry, section = regs["learners"].get(args.name), "learner"
+        cls = entry.config_cls
+    elif args.name in regs["backbones"]:
+        entry, section = regs["backbones"].get(args.name), "backbone"
+        cls = entry.config_cls or schema.BackboneConfig
+    elif args.name in sections:
+        entry, section, cls = None, args.name, sections[args.name]
+    else:
+        regs["learners"].get(args.name)  # raises "unknown learner ... did you mean"
+        return 2
+    if entry is not None:
+        print(f"{section}: {entry.name} - {entry.description}")
+        doc = (entry.obj.__doc__ or "").strip().splitlines()[1:]
+        if doc:
+            print(textwrap.indent(textwrap.dedent("\n".join(doc)).strip(), "  "))
+        print()
+    print(f"options ({section}.KEY=VALUE):")
+    for key, tp, default, doc in describe_config(cls):
+        print(f"  {key}: {tp} = {default!r}")
+        if doc:
+            print(textwrap.indent(textwrap.fill(doc, 90), "      "))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    commands = {"run": _cmd_run, "list": _cmd_list, "show-config": _cmd_show_config}
+    try:
+        return commands[args.command](args)
+    except CilkitError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Typed, frozen experiment configs.
+
+Every section is a frozen dataclass whose defaults are the documented defaults. ``backbone`` and
+``learner`` are polymorphic: their ``name`` picks a registered config subclass that adds that
+component's own options. Values are checked by :mod:`cilkit.config.loader`; impossible values are
+refused in ``__post_init__`` with a :class:`FieldError` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cilkit.errors import ConfigError
+
+
+class FieldError(ConfigError):
+    """An impossible value for one field; the loader adds the section path and the file."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field_name = field_name
+        self.message = message
+
+
+def _check(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise FieldError(field_name, message)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Batched on-device training augmentation; ``None`` takes the dataset preset's value."""
+
+    preset: str | None = None
+    """Preset name (cifar, mnist, digits, tiny_imagenet, imagenet, none); None = the dataset's."""
+    crop_padding: int | None = None
+    """Zero padding before the random crop back to the image size; 0 disables the crop."""
+    flip: bool | None = None
+    """Random horizontal flip with probability 0.5."""
+
+    def __post_init__(self) -> None:
+        _check(self.crop_padding is None or self.crop_padding >= 0, "crop_padding", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to load and from where."""
+
+    name: str = "digits"
+    """Registered dataset (``cilkit list datasets``)."""
+    root: str = "data"
+    """Folder holding the dataset in its official layout."""
+    download: bool = True
+    """Download from the official host when missing (only where the dataset allows it)."""
+    image_size: int | None = None
+    """Resize images to this square size at load (image folders, Tiny-ImageNet)."""
+    in_memory: bool | None = None
+    """Hold decoded images as one uint8 tensor; None = automatic (small images only)."""
+    on_unreadable: Literal["skip", "error"] = "skip"
+    """Image folders: skip unreadable files with a warning and a count, or stop."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.image_size is None or self.image_size >= 4, "image_size", "must be >= 4")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """Class-incremental split of the classes into tasks."""
+
+    initial_increment: int | None = None
+    """Classes in the first task (B50 = 50); None = ``increment``."""
+    increment: int = 10
+    """Classes in each later task."""
+    class_order: tuple[int, ...] | None = None
+    """Explicit order of the original class ids; overrides ``class_order_seed``."""
+    class_order_seed: int | None = 1993
+    """Seed of the class-order permutation (iCaRL / PyCIL use 1993); None = natural order."""
+
+    def __post_init__(self) -> None:
+        _check(self.increment >= 1, "increment", "must be >= 1")
+        _check(
+            self.initial_increment is None or self.initial_increment >= 1,
+            "initial_increment",
+            "must be >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Feature extractor; ``name`` picks a registered backbone and its options."""
+
+    name: str = "resnet32"
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Learning method; ``name`` picks a registered learner and its options."""
+
+    name: str = "finetune"
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Exemplar memory. Set one of ``memory_size`` (fixed total) or ``memory_per_class``."""
+
+    memory_size: int | None = None
+    """Fixed total budget, split evenly over the seen classes (iCaRL: 2000)."""
+    memory_per_class: int | None = None
+    """Fixed number of exemplars per class (the memory grows with the classes)."""
+    selection: str = "herding"
+    """Selection strategy (``cilkit list buffers``)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.memory_size is None or self.memory_per_class is None,
+            "memory_per_class",
+            "set either memory_size or memory_per_class, not both",
+        )
+        _check(self.memory_size is None or self.memory_size >= 1, "memory_size", "must be >= 1")
+        _check(
+            self.memory_per_class is None or self.memory_per_class >= 1,
+            "memory_per_class",
+            "must be >= 1",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.memory_size is not None or self.memory_per_class is not None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule; ``init_*`` values apply to the first task only."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 2e-4
+    scheduler: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: tuple[int, ...] = (80, 120)
+    """Epochs at which a multistep schedule multiplies the learning rate by ``gamma``."""
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    """Linear warm-up epochs before the schedule."""
+    init_lr: float | None = None
+    """First-task learning rate; None = ``lr``."""
+    init_weight_decay: float | None = None
+    """First-task weight decay; None = ``weight_decay``."""
+    init_milestones: tuple[int, ...] | None = None
+    """First-task milestones; None = ``milestones``."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.init_lr is None or self.init_lr > 0, "init_lr", "must be > 0")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        for name in ("milestones", "init_milestones"):
+            ms = getattr(self, name)
+            _check(ms is None or list(ms) == sorted(ms), name, "must be increasing")
+
+    def for_task(self, task_id: int) -> tuple[float, float, tuple[int, ...]]:
+        """Learning rate, weight decay and milestones of task ``task_id``."""
+        if task_id == 0:
+            return (
+                self.init_lr if self.init_lr is not None else self.lr,
+                self.init_weight_decay if self.init_weight_decay is not None else self.weight_decay,
+                self.init_milestones if self.init_milestones is not None else self.milestones,
+            )
+        return self.lr, self.weight_decay, self.milestones
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Epochs and batches."""
+
+    epochs: int = 170
+    """Epochs of every task after the first."""
+    init_epochs: int | None = None
+    """Epochs of the first task; None = ``epochs``."""
+    batch_size: int = 128
+    """Global batch size (split over processes under torchrun)."""
+    eval_batch_size: int = 512
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value."""
+    num_workers: int = 4
+    """Decoding workers for image folders that are not held in memory."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, "epochs", "must be >= 0")
+        _check(self.init_epochs is None or self.init_epochs >= 0, "init_epochs", "must be >= 0")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be > 0")
+        _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+
+    def epochs_for_task(self, task_id: int) -> int:
+        if task_id == 0 and self.init_epochs is not None:
+            return self.init_epochs
+        return self.epochs
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where and how the one training loop runs."""
+
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda, cuda:N."""
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """Mixed precision: auto = bf16 autocast on CUDA, off on CPU."""
+    channels_last: bool = True
+    deterministic: bool = True
+    """Deterministic algorithms (bit-identical CPU runs for a seed)."""
+    compile: bool = False
+    """torch.compile the backbone (pays on long GPU runs)."""
+    progress: Literal["tqdm", "rich", "none"] = "tqdm"
+    tensorboard: bool = True
+    """Also log to TensorBoard when it is installed."""
+    num_threads: int | None = None
+    """CPU threads for torch; None = torch's default."""
+
+    def __post_init__(self) -> None:
+        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        _check(ok, "device", f"'{self.device}' is not auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: one run of a learner over a class-incremental scenario."""
+
+    name: str = "experiment"
+    seed: int = 1993
+    data: DataConfig = field(default_factory=DataConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+POLYMORPHIC_SECTIONS = {BackboneConfig: "backbone", LearnerConfig: "learner"}
+"""Sections whose ``name`` picks a config subclass from the registry of that kind."""

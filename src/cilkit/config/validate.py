@@ -1,0 +1,68 @@
+"""Checks that need the dataset or the registries, run before any training starts."""
+
+from __future__ import annotations
+
+from cilkit.config.schema import ExperimentConfig
+from cilkit.errors import ConfigError
+
+
+def validate_experiment(cfg: ExperimentConfig, num_classes: int, source: str | None = None) -> None:
+    """Refuse impossible combinations with a one-line error naming the key (and the file).
+
+    Args:
+        cfg: the experiment config.
+        num_classes: number of classes of the loaded dataset.
+        source: the config file, for the message.
+    """
+    from cilkit.buffers.selection import SELECTORS
+    from cilkit.learners import LEARNERS
+
+    where = f"{source}: " if source else ""
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{where}{key}: {message}")
+
+    sc = cfg.scenario
+    first = sc.initial_increment if sc.initial_increment is not None else sc.increment
+    if first > num_classes:
+        key = "scenario.initial_increment" if sc.initial_increment is not None else "scenario.increment"
+        fail(key, f"{first} classes in the first task, but {cfg.data.name} has {num_classes}")
+    if (num_classes - first) % sc.increment:
+        fail(
+            "scenario.increment",
+            f"the {num_classes - first} classes after the first task of {first} do not split "
+            f"into tasks of {sc.increment} ({cfg.data.name} has {num_classes} classes)",
+        )
+    if sc.class_order is not None and sorted(sc.class_order) != list(range(num_classes)):
+        fail(
+            "scenario.class_order",
+            f"must be a permutation of 0..{num_classes - 1} ({len(sc.class_order)} values given)",
+        )
+
+    learner = LEARNERS.get(cfg.learner.name).obj
+    mem = cfg.memory
+    if learner.needs_memory and not mem.enabled:
+        fail(
+            "memory",
+            f"learner '{cfg.learner.name}' needs an exemplar memory: set memory.memory_size "
+            "or memory.memory_per_class",
+        )
+    if mem.enabled and not learner.uses_memory:
+        fail(
+            "memory",
+            f"learner '{cfg.learner.name}' keeps no exemplars; remove the memory budget "
+            "(or use replay)",
+        )
+    if mem.enabled:
+        try:
+            selector = SELECTORS.get(mem.selection).obj
+        except ConfigError as err:
+            raise ConfigError(f"{where}memory.selection: {err}") from None
+        if mem.memory_size is not None and mem.memory_size < num_classes:
+            fail(
+                "memory.memory_size",
+                f"{mem.memory_size} exemplars cannot keep one per class for the "
+                f"{num_classes} classes of {cfg.data.name}",
+            )
+        if not selector.per_class and mem.memory_size is None:
+            fail("memory.memory_per_class", f"'{mem.selection}' needs a fixed memory_size")

@@ -1,0 +1,144 @@
+"""The on-device data path: a split as one uint8 tensor on the training device, batched.
+
+Training batches are index permutations drawn from a CPU generator (saveable, so a resumed run
+draws the same batches), gathered on the device and augmented there by :class:`BatchTransform`.
+Splits kept as files (large image folders) are decoded by DataLoader workers and then take the
+same device-side path. Under torchrun each process takes its shard of every global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from cilkit.data.base import ImageSet
+from cilkit.data.transforms import BatchTransform
+
+
+@dataclass
+class Batch:
+    """One batch on the training device.
+
+    Attributes:
+        x: normalised (and for training, augmented) images.
+        y: remapped class ids.
+        index: positions of the samples in the split.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
+class DeviceSplit:
+    """A dataset split prepared for the engine: images, remapped targets and batching.
+
+    Args:
+        split: the images (in memory or as files).
+        targets: remapped labels of every sample of the split (CPU int64).
+        transform: normalisation and training augmentation.
+        device: the training device.
+        num_workers: decoding workers for file-based splits.
+        rank: this process's rank under torchrun.
+        world_size: number of processes.
+    """
+
+    def __init__(
+        self,
+        split: ImageSet,
+        targets: torch.Tensor,
+        transform: BatchTransform,
+        device: torch.device,
+        num_workers: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.split = split
+        self.transform = transform
+        self.device = device
+        self.num_workers = num_workers
+        self.rank = rank
+        self.world_size = world_size
+        self.targets_cpu = targets
+        self.targets = targets.to(device)
+        self.images = split.images.to(device) if split.images is not None else None
+        self._file_dataset = None
+
+    def __len__(self) -> int:
+        return len(self.targets_cpu)
+
+    def indices_of(self, classes: torch.Tensor | list[int] | tuple[int, ...]) -> torch.Tensor:
+        """Sorted CPU positions of the samples whose remapped class is in ``classes``."""
+        classes = torch.as_tensor(classes, dtype=torch.long)
+        return torch.nonzero(torch.isin(self.targets_cpu, classes)).flatten()
+
+    def _gather(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.images is not None:
+            return self.images[chunk.to(self.device, non_blocking=True)]
+        return self._decode(chunk)
+
+    def _decode(self, chunk: torch.Tensor) -> torch.Tensor:
+        from cilkit.data.lazy import FileImageDataset
+
+        if self._file_dataset is None:
+            self._file_dataset = FileImageDataset(self.split.paths, self.split.image_shape[-1])
+        ds = self._file_dataset
+        if self.num_workers == 0 or len(chunk) < 2 * max(self.num_workers, 1):
+            imgs = [ds[int(i)][0] for i in chunk]
+        else:
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(ds, chunk.tolist()),
+                batch_size=max(1, len(chunk) // self.num_workers),
+                num_workers=self.num_workers,
+            )
+            imgs = [img for batch_imgs, _ in loader for img in batch_imgs]
+        return torch.stack(imgs).to(self.device, non_blocking=True)
+
+    def _shard(self, chunk: torch.Tensor) -> torch.Tensor:
+        return chunk[self.rank :: self.world_size] if self.world_size > 1 else chunk
+
+    def train_batches(
+        self,
+        indices: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        aug_generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        """Shuffled, augmented batches over ``indices`` (one epoch).
+
+        ``batch_size`` is global: each process takes its share of every batch. A last batch
+        smaller than the number of processes is dropped so every process steps together.
+        """
+        order = indices[torch.randperm(len(indices), generator=generator)]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            if len(chunk) < self.world_size:
+                break
+            chunk = self._shard(chunk)
+            x = self.transform.train(self._gather(chunk), aug_generator)
+            yield Batch(x, self.targets[chunk.to(self.device)], chunk)
+
+    def eval_batches(
+        self, indices: torch.Tensor, batch_size: int, flip: bool = False
+    ) -> Iterator[Batch]:
+        """Batches in order, normalised, not augmented (all samples, on every process)."""
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            x = self.transform.eval(self._gather(chunk), flip=flip)
+            yield Batch(x, self.targets[chunk.to(self.device)], chunk)
+
+    @torch.no_grad()
+    def embed(
+        self,
+        indices: torch.Tensor,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int = 512,
+        flip: bool = False,
+    ) -> torch.Tensor:
+        """``fn`` (e.g. the feature extractor) over the samples at ``indices``, concatenated."""
+        outs = [fn(b.x).float() for b in self.eval_batches(indices, batch_size, flip=flip)]
+        if not outs:
+            return torch.empty(0, device=self.device)
+        return torch.cat(outs)

@@ -1,0 +1,217 @@
+"""The Learner contract: hooks the engine calls; the engine owns the loop, backward and step.
+
+A method subclasses :class:`Learner` (or another learner) and overrides only what differs:
+
+- ``before_task(ctx)``: grow the head (default), freeze parts, set up task state.
+- ``train_indices(ctx)``: which training samples this task trains on (default: the new classes
+  plus the exemplar memory).
+- ``training_step(batch)``: a loss (plus named terms) for one batch; no backward, no step.
+- ``after_step()``: after each optimiser step (e.g. weight clipping).
+- ``after_task(ctx)``: after training (default: keep the old model if asked, update the memory
+  and the class means).
+- ``predict(x)``: scores per classifier, e.g. ``{"cnn": logits, "nme": -distances}``.
+
+Everything kept across tasks is a registered parameter or buffer, or in ``extra_state``, so it is
+saved with the learner's ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cilkit.backbones import IncrementalNet
+from cilkit.buffers.memory import ExemplarMemory
+from cilkit.buffers.selection import class_means, nme_logits
+from cilkit.config.schema import LearnerConfig, MemoryConfig
+from cilkit.engine.data import Batch, DeviceSplit
+from cilkit.registry import Registry
+from cilkit.scenarios import TaskInfo
+
+
+@dataclass
+class TaskContext:
+    """What the engine hands a learner's task hooks.
+
+    Attributes:
+        info: the task (id, new and seen classes).
+        train: the whole training split on the device (only use the allowed samples!).
+        generator: CPU generator for the learner's random choices (saved for resume).
+        batch_size: evaluation batch size for feature extraction.
+    """
+
+    info: TaskInfo
+    train: DeviceSplit
+    generator: torch.Generator
+    batch_size: int = 512
+
+    def class_indices(self, c: int) -> torch.Tensor:
+        """Training-split positions of remapped class ``c``."""
+        return self.train.indices_of([c])
+
+    def new_indices(self) -> torch.Tensor:
+        """Training-split positions of this task's new classes."""
+        return self.train.indices_of(self.info.new_classes)
+
+    def seen_indices(self) -> torch.Tensor:
+        """Training-split positions of every class seen so far (joint training only)."""
+        return self.train.indices_of(self.info.seen_classes)
+
+
+@dataclass
+class StepOutput:
+    """A training step's result: the loss to minimise, named terms to log, the logits."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+
+class Learner(nn.Module):
+    """Fine-tuning with cross-entropy over all seen classes: the base every method extends.
+
+    Args:
+        cfg: this learner's config.
+        network: backbone plus expandable head.
+        memory_cfg: exemplar memory config (disabled unless a budget is set).
+    """
+
+    config_cls: ClassVar[type[LearnerConfig]] = LearnerConfig
+    needs_memory: ClassVar[bool] = False
+    """The method cannot run without an exemplar memory."""
+    uses_memory: ClassVar[bool] = True
+    """The method trains on exemplars when a memory is configured."""
+    keeps_old_network: ClassVar[bool] = False
+    """Keep a frozen copy of the network after each task (``self.old_network``)."""
+
+    def __init__(self, cfg: LearnerConfig, network: IncrementalNet, memory_cfg: MemoryConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.network = network
+        self.memory = ExemplarMemory(memory_cfg) if memory_cfg.enabled else None
+        self.old_network: IncrementalNet | None = None
+        self.register_buffer("class_means", torch.zeros(0, network.feature_dim))
+        self.num_old_classes = 0
+        self.num_seen_classes = 0
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def before_task(self, ctx: TaskContext) -> None:
+        """Grow the head by the task's new classes."""
+        self.num_old_classes = ctx.info.num_old_classes
+        self.num_seen_classes = ctx.info.num_seen_classes
+        self.network.expand(ctx.info.num_new_classes)
+
+    def train_indices(self, ctx: TaskContext) -> torch.Tensor:
+        """The new classes' samples plus the exemplar memory."""
+        new = ctx.new_indices()
+        if self.memory is None or not len(self.memory):
+            return new
+        return torch.cat([new, self.memory.indices()])
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        """Cross-entropy over every seen class."""
+        logits = self.network(batch.x)
+        loss = F.cross_entropy(logits, batch.y)
+        return StepOutput(loss, {"ce": loss.detach()}, logits)
+
+    def after_step(self) -> None:
+        """Called after each optimiser step."""
+
+    def after_task(self, ctx: TaskContext) -> None:
+        """Keep the old network if asked; update the exemplar memory and class means."""
+        if self.keeps_old_network:
+            self.old_network = self.network.copy_frozen()
+        if self.memory is not None:
+            self.update_memory(ctx)
+            self.update_class_means(ctx)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CNN logits, and nearest-mean-of-exemplars scores when class means exist."""
+        features = self.network.forward_features(x)
+        out = {"cnn": self.network.forward_head(features)}
+        if len(self.class_means) == self.num_seen_classes and self.num_seen_classes:
+            out["nme"] = nme_logits(features.float(), self.class_means)
+        return out
+
+    def parameters_to_optimize(self) -> list[nn.Parameter]:
+        """Parameters the engine's optimiser updates this task."""
+        return [p for p in self.network.parameters() if p.requires_grad]
+
+    # ---- shared helpers ------------------------------------------------------------------------
+    def features_fn(self, ctx: TaskContext, flip: bool = False):
+        """Feature extractor over training-split positions, in eval mode."""
+
+        def fn(indices: torch.Tensor) -> torch.Tensor:
+            was_training = self.network.training
+            self.network.eval()
+            try:
+                return ctx.train.embed(
+                    indices, self.network.forward_features, ctx.batch_size, flip=flip
+                )
+            finally:
+                self.network.train(was_training)
+
+        return fn
+
+    def update_memory(self, ctx: TaskContext) -> None:
+        """Shrink old classes to the new quota; select exemplars of the new classes."""
+        self.memory.update(
+            ctx.info.new_classes,
+            ctx.info.num_seen_classes,
+            ctx.class_indices,
+            self.features_fn(ctx),
+            ctx.train.targets_cpu,
+            ctx.generator,
+        )
+
+    @torch.no_grad()
+    def update_class_means(self, ctx: TaskContext) -> None:
+        """Class means of the exemplars' normalised features (and of their flips, if the
+        training augmentation flips), as iCaRL's nearest-mean-of-exemplars classifier uses."""
+        idx = self.memory.indices()
+        feats = self.features_fn(ctx)(idx)
+        flipped = self.features_fn(ctx, flip=True)(idx) if ctx.train.transform.preset.flip else None
+        labels = ctx.train.targets[idx.to(ctx.train.device)]
+        self.class_means = class_means(feats, labels, self.num_seen_classes, flipped)
+
+    def old_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the frozen previous-task network."""
+        with torch.no_grad():
+            return self.old_network(x)
+
+    # ---- cross-task state ----------------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        state = {"num_old_classes": self.num_old_classes, "num_seen_classes": self.num_seen_classes}
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def set_extra_state(self, state: dict) -> None:
+        self.num_old_classes = int(state["num_old_classes"])
+        self.num_seen_classes = int(state["num_seen_classes"])
+        if self.memory is not None and "memory" in state:
+            self.memory.load_state_dict(state["memory"])
+
+
+LEARNERS: Registry[type[Learner]] = Registry("learner")
+
+
+def register_learner(name: str):
+    """Register a Learner subclass under ``name`` with its ``config_cls``."""
+
+    def decorator(cls: type[Learner]) -> type[Learner]:
+        return LEARNERS.register(name, config=cls.config_cls)(cls)
+
+    return decorator
+
+
+def create_learner(
+    cfg: LearnerConfig, network: IncrementalNet, memory_cfg: MemoryConfig
+) -> Learner:
+    """Build the learner named ``cfg.name``."""
+    return LEARNERS.get(cfg.name).obj(cfg, network, memory_cfg)

@@ -1,0 +1,46 @@
+"""iCaRL: incremental classifier and representation learning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from cilkit.config.schema import LearnerConfig
+from cilkit.engine.data import Batch
+from cilkit.learners.base import Learner, StepOutput, register_learner
+from cilkit.losses import kd_loss
+
+
+@dataclass(frozen=True)
+class ICaRLConfig(LearnerConfig):
+    name: str = "icarl"
+    kd_temperature: float = 2.0
+    """Temperature of the distillation on the old classes' logits."""
+    kd_weight: float = 1.0
+    """Weight of the distillation term added to the cross-entropy."""
+
+
+@register_learner("icarl")
+class ICaRL(Learner):
+    """iCaRL: exemplars chosen by herding, distillation on old classes, nearest-mean classifier.
+
+    Rebuffi et al., "iCaRL: Incremental Classifier and Representation Learning", CVPR 2017.
+    As in PyCIL, the classification loss is cross-entropy over all seen classes and the
+    distillation is a softened cross-entropy to the previous model on the old classes' logits;
+    the memory uses herding (``memory.selection``) and the NME classifier uses the exemplars'
+    class means (``accuracy_nme``, iCaRL's own classifier).
+    """
+
+    config_cls = ICaRLConfig
+    needs_memory = True
+    keeps_old_network = True
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        logits = self.network(batch.x)
+        ce = F.cross_entropy(logits, batch.y)
+        if self.old_network is None:
+            return StepOutput(ce, {"ce": ce.detach()}, logits)
+        kd = kd_loss(logits[:, : self.num_old_classes], self.old_logits(batch.x), self.cfg.kd_temperature)
+        loss = ce + self.cfg.kd_weight * kd
+        return StepOutput(loss, {"ce": ce.detach(), "kd": kd.detach()}, logits)

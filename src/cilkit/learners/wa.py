@@ -1,0 +1,75 @@
+"""WA: maintaining discrimination and fairness by weight aligning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cilkit.config.schema import LearnerConfig
+from cilkit.engine.data import Batch
+from cilkit.learners.base import Learner, StepOutput, TaskContext, register_learner
+from cilkit.losses import kd_loss
+
+
+@dataclass(frozen=True)
+class WAConfig(LearnerConfig):
+    name: str = "wa"
+    kd_temperature: float = 2.0
+    """Temperature of the distillation on the old classes' logits."""
+    kd_weight: float | None = None
+    """None = the paper's ``(1 - l) CE + l KD`` with ``l = old / seen classes``; a number w gives
+    ``CE + w KD`` (PyCIL's current code uses 2)."""
+    clip_weights: bool = False
+    """Clip the classifier's weights to be non-negative after every step (the paper's option;
+    PyCIL leaves it off)."""
+
+
+@torch.no_grad()
+def align_weights(weight: torch.Tensor, num_old: int) -> float:
+    """Rescale the new classes' weight vectors so their mean norm equals the old classes'.
+
+    Returns the factor gamma = mean ||w_old|| / mean ||w_new|| that was applied in place.
+    """
+    norms = weight.norm(dim=1)
+    gamma = norms[:num_old].mean() / norms[num_old:].mean()
+    weight[num_old:] *= gamma
+    return float(gamma)
+
+
+@register_learner("wa")
+class WA(Learner):
+    """WA: distillation plus weight aligning of the classifier after each task.
+
+    Zhao et al., "Maintaining Discrimination and Fairness in Class Incremental Learning",
+    CVPR 2020. The loss is ``(1 - l) CE + l KD`` with ``l = old / seen classes``; after training
+    the new classes' weight vectors are scaled so their mean norm matches the old classes'.
+    """
+
+    config_cls = WAConfig
+    needs_memory = True
+    keeps_old_network = True
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        logits = self.network(batch.x)
+        ce = F.cross_entropy(logits, batch.y)
+        if self.old_network is None:
+            return StepOutput(ce, {"ce": ce.detach()}, logits)
+        kd = kd_loss(logits[:, : self.num_old_classes], self.old_logits(batch.x), self.cfg.kd_temperature)
+        if self.cfg.kd_weight is None:
+            lam = self.num_old_classes / self.num_seen_classes
+            loss = (1 - lam) * ce + lam * kd
+        else:
+            loss = ce + self.cfg.kd_weight * kd
+        return StepOutput(loss, {"ce": ce.detach(), "kd": kd.detach()}, logits)
+
+    def after_step(self) -> None:
+        if self.cfg.clip_weights:
+            with torch.no_grad():
+                self.network.head.weight.clamp_(min=0)
+
+    def after_task(self, ctx: TaskContext) -> None:
+        if self.num_old_classes:
+            align_weights(self.network.head.weight, self.num_old_classes)
+        super().after_task(ctx)

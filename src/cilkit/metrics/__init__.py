@@ -1,0 +1,41 @@
+"""Metrics as pure functions: per-evaluation classification metrics and whole-run CIL metrics.
+
+Accuracies are percentages in ``[0, 100]``; every function returns plain Python values (except
+:func:`confusion_matrix`, a tensor) so results can be written to JSON directly.
+"""
+
+from __future__ import annotations
+
+from cilkit.metrics.classification import (
+    accuracy,
+    accuracy_on,
+    accuracy_per_task,
+    confusion_matrix,
+    old_new_accuracy,
+    per_class_accuracy,
+    topk_accuracy,
+)
+from cilkit.metrics.incremental import (
+    average_incremental_accuracy,
+    backward_transfer,
+    build_accuracy_matrix,
+    forgetting,
+    forgetting_per_task,
+    last_accuracy,
+)
+
+__all__ = [
+    "accuracy",
+    "accuracy_on",
+    "accuracy_per_task",
+    "average_incremental_accuracy",
+    "backward_transfer",
+    "build_accuracy_matrix",
+    "confusion_matrix",
+    "forgetting",
+    "forgetting_per_task",
+    "last_accuracy",
+    "old_new_accuracy",
+    "per_class_accuracy",
+    "topk_accuracy",
+]

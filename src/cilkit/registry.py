@@ -1,0 +1,66 @@
+"""timm-style registries: filled by explicit imports, one ``create`` verb each, duplicates refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from cilkit.errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered object with its optional typed config class."""
+
+    name: str
+    obj: T
+    config_cls: type | None
+    description: str
+
+
+def _first_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+class Registry(Generic[T]):
+    """A name -> object table for one kind of component (learners, backbones, datasets, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, *, config: type | None = None) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; a duplicate name is an error."""
+
+        def decorator(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = Entry(name, obj, config, _first_line(obj))
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> Entry[T]:
+        """The entry for ``name``; an unknown name is a one-line ConfigError with a suggestion."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries))
+            raise ConfigError(
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; known: {known}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        """Registered entries, sorted by name."""
+        return [self._entries[n] for n in self.names()]

@@ -1,0 +1,97 @@
+"""The run directory every run writes and the CLI, the UI and the tests read.
+
+``config.yaml`` (resolved config), ``metrics.jsonl`` (one object per finished task),
+``summary.json`` (whole-run metrics) and ``plots/``. All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cilkit.metrics import (
+    average_incremental_accuracy,
+    backward_transfer,
+    build_accuracy_matrix,
+    forgetting,
+    last_accuracy,
+)
+from cilkit.results.io import atomic_write_json, atomic_write_text
+
+CLASSIFIER_PREFIXES = {"cnn": "", "nme": "nme_"}
+
+
+class RunDirectory:
+    """Reads and writes one run's files."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.config_path, text)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        lines = self.metrics_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.jsonl with ``records`` (atomic, so a crash keeps the old file)."""
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+        atomic_write_text(self.metrics_path, text)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.summary_path, summary)
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary_path.read_text())
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whole-run metrics from the per-task records, for each classifier present."""
+    summary: dict[str, Any] = {"num_tasks": len(records)}
+    for prefix in ("", "nme_"):
+        key = "accuracy" if not prefix else "accuracy_nme"
+        per_task_key = f"{prefix}accuracy_per_task"
+        if not records or records[-1].get(key) is None:
+            continue
+        rows = [r for r in records if r.get(key) is not None]
+        accs = [r[key] for r in rows]
+        matrix = build_accuracy_matrix([r[per_task_key] for r in records]) if len(rows) == len(
+            records
+        ) else None
+        top5_key = "accuracy_top5" if not prefix else "accuracy_nme_top5"
+        summary.update(
+            {
+                f"{prefix}avg_incremental_accuracy": average_incremental_accuracy(accs),
+                f"{prefix}last_accuracy": last_accuracy(accs),
+                f"{prefix}avg_incremental_accuracy_top5": average_incremental_accuracy(
+                    [r[top5_key] for r in rows]
+                ),
+                f"{prefix}forgetting": forgetting(matrix) if matrix else None,
+                f"{prefix}backward_transfer": backward_transfer(matrix) if matrix else None,
+                f"{prefix}accuracy_matrix": matrix,
+                f"{prefix}task_accuracy": accs,
+            }
+        )
+    summary["num_seen_classes"] = [r["num_seen_classes"] for r in records]
+    summary["train_seconds"] = sum(r.get("train_seconds", 0.0) for r in records)
+    return summary
