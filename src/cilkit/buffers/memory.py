@@ -75,9 +75,7 @@ class ExemplarMemory:
                 stored, self.num_stream_seen, new, self.cfg.memory_size, generator
             )
             labels = targets[stored]
-            self.per_class = {
-                int(c): stored[labels == c] for c in torch.unique(labels).tolist()
-            }
+            self.per_class = {int(c): stored[labels == c] for c in torch.unique(labels).tolist()}
             return
         m = self.quota(num_seen_classes)
         for c in list(self.per_class):
@@ -100,5 +98,7 @@ class ExemplarMemory:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         parts = torch.split(state["indices"], state["counts"].tolist())
-        self.per_class = {int(c): p.clone() for c, p in zip(state["classes"].tolist(), parts)}
+        self.per_class = {
+            int(c): p.clone() for c, p in zip(state["classes"].tolist(), parts, strict=False)
+        }
         self.num_stream_seen = int(state["num_stream_seen"])

@@ -10,7 +10,7 @@ import textwrap
 from importlib import resources
 from pathlib import Path
 
-from cilkit.errors import CilkitError, ConfigError
+from cilkit.errors import CilkitError
 
 KINDS = ("learners", "backbones", "datasets", "buffers")
 
@@ -22,7 +22,12 @@ def _registries():
     from cilkit.data.base import DATASETS
     from cilkit.learners import LEARNERS
 
-    return {"learners": LEARNERS, "backbones": BACKBONES, "datasets": DATASETS, "buffers": SELECTORS}
+    return {
+        "learners": LEARNERS,
+        "backbones": BACKBONES,
+        "datasets": DATASETS,
+        "buffers": SELECTORS,
+    }
 
 
 def quickstart_config_text() -> str:

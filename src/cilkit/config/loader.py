@@ -127,6 +127,10 @@ def _build(cls: type, data: Mapping[str, Any], path: str, where: str) -> Any:
             raise ConfigError(
                 f"{where}{dotted}: expected {_type_name(hints[key])}, got {value!r}"
             ) from None
+    for key, tp in hints.items():
+        # A polymorphic section left out still resolves to its registered config class.
+        if key in fields and key not in kwargs and tp in POLYMORPHIC_SECTIONS:
+            kwargs[key] = _build(tp, {}, f"{path}.{key}" if path else key, where)
     try:
         return cls(**kwargs)
     except FieldError as err:
@@ -243,7 +247,7 @@ def describe_config(cls: type) -> list[tuple[str, str, Any, str]]:
         except (OSError, TypeError, SyntaxError):
             continue
         body = tree.body[0].body if tree.body else []
-        for node, nxt in zip(body, body[1:] + [None]):
+        for node, nxt in zip(body, body[1:] + [None], strict=False):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 if (
                     isinstance(nxt, ast.Expr)
@@ -260,5 +264,7 @@ def describe_config(cls: type) -> list[tuple[str, str, Any, str]]:
             default = config_to_dict(f.default_factory())
         else:
             default = None
-        rows.append((f.name, _type_name(hints[f.name]), config_to_dict(default), docs.get(f.name, "")))
+        rows.append(
+            (f.name, _type_name(hints[f.name]), config_to_dict(default), docs.get(f.name, ""))
+        )
     return rows

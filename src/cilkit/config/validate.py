@@ -25,7 +25,11 @@ def validate_experiment(cfg: ExperimentConfig, num_classes: int, source: str | N
     sc = cfg.scenario
     first = sc.initial_increment if sc.initial_increment is not None else sc.increment
     if first > num_classes:
-        key = "scenario.initial_increment" if sc.initial_increment is not None else "scenario.increment"
+        key = (
+            "scenario.initial_increment"
+            if sc.initial_increment is not None
+            else "scenario.increment"
+        )
         fail(key, f"{first} classes in the first task, but {cfg.data.name} has {num_classes}")
     if (num_classes - first) % sc.increment:
         fail(

@@ -55,7 +55,7 @@ class Trainer:
         cfg: the resolved experiment config.
         run_dir: where the run's files go.
         source: the config file the run came from (for error messages).
-        log: where to print tables and messages (None = quiet).
+        log: a text stream for tables and messages; "stdout" (the current sys.stdout) or None.
     """
 
     def __init__(
@@ -63,7 +63,7 @@ class Trainer:
         cfg: ExperimentConfig,
         run_dir: str | Path,
         source: str | None = None,
-        log: Any = sys.stdout,
+        log: Any = "stdout",
     ) -> None:
         self.cfg = cfg
         self.run = RunDirectory(run_dir)
@@ -72,7 +72,7 @@ class Trainer:
 
     def _print(self, text: str = "") -> None:
         if self.log is not None:
-            print(text, file=self.log, flush=True)
+            print(text, file=sys.stdout if self.log == "stdout" else self.log, flush=True)
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self) -> Setup:
@@ -189,7 +189,7 @@ class Trainer:
             total = torch.zeros((), device=s.device)
             correct = torch.zeros((), device=s.device)
             seen = 0
-            for step, batch in enumerate(
+            for _step, batch in enumerate(
                 s.train.train_batches(indices, cfg.train.batch_size, shuffle_gen, aug_gen)
             ):
                 with autocast(s.device, amp):

@@ -41,6 +41,8 @@ class ICaRL(Learner):
         ce = F.cross_entropy(logits, batch.y)
         if self.old_network is None:
             return StepOutput(ce, {"ce": ce.detach()}, logits)
-        kd = kd_loss(logits[:, : self.num_old_classes], self.old_logits(batch.x), self.cfg.kd_temperature)
+        kd = kd_loss(
+            logits[:, : self.num_old_classes], self.old_logits(batch.x), self.cfg.kd_temperature
+        )
         loss = ce + self.cfg.kd_weight * kd
         return StepOutput(loss, {"ce": ce.detach(), "kd": kd.detach()}, logits)

@@ -56,7 +56,9 @@ class WA(Learner):
         ce = F.cross_entropy(logits, batch.y)
         if self.old_network is None:
             return StepOutput(ce, {"ce": ce.detach()}, logits)
-        kd = kd_loss(logits[:, : self.num_old_classes], self.old_logits(batch.x), self.cfg.kd_temperature)
+        kd = kd_loss(
+            logits[:, : self.num_old_classes], self.old_logits(batch.x), self.cfg.kd_temperature
+        )
         if self.cfg.kd_weight is None:
             lam = self.num_old_classes / self.num_seen_classes
             loss = (1 - lam) * ce + lam * kd

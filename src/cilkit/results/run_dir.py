@@ -75,9 +75,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         rows = [r for r in records if r.get(key) is not None]
         accs = [r[key] for r in rows]
-        matrix = build_accuracy_matrix([r[per_task_key] for r in records]) if len(rows) == len(
-            records
-        ) else None
+        matrix = (
+            build_accuracy_matrix([r[per_task_key] for r in records])
+            if len(rows) == len(records)
+            else None
+        )
         top5_key = "accuracy_top5" if not prefix else "accuracy_nme_top5"
         summary.update(
             {

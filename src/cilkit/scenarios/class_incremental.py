@@ -37,7 +37,9 @@ def resolve_class_order(
     return tuple(int(c) for c in np.random.RandomState(seed).permutation(num_classes))
 
 
-def task_increments(num_classes: int, initial_increment: int | None, increment: int) -> tuple[int, ...]:
+def task_increments(
+    num_classes: int, initial_increment: int | None, increment: int
+) -> tuple[int, ...]:
     """Number of new classes in each task: ``initial_increment`` then ``increment`` each."""
     first = initial_increment if initial_increment is not None else increment
     if first > num_classes:

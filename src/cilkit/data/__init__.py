@@ -1,0 +1,1 @@
+"""Datasets (registered adapters), batched augmentation."""

@@ -1,0 +1,101 @@
+"""The cilkit command: run, list, show-config, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cilkit.cli.main import main, quickstart_config_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_embedded_quickstart_is_the_shipped_config():
+    assert quickstart_config_text() == (REPO / "configs" / "quickstart.yaml").read_text()
+
+
+@pytest.mark.parametrize("kind", ["learners", "backbones", "datasets", "buffers"])
+def test_list(kind, capsys):
+    assert main(["list", kind]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and all(len(line.split(None, 1)) == 2 for line in lines)
+
+
+def test_list_shows_registered_names(capsys):
+    main(["list", "learners"])
+    out = capsys.readouterr().out
+    for name in ("finetune", "replay", "joint", "icarl", "wa"):
+        assert f"\n{name} " in "\n" + out
+
+
+def test_show_config(capsys):
+    assert main(["show-config", "icarl"]) == 0
+    out = capsys.readouterr().out
+    assert "kd_temperature: float = 2.0" in out and "Rebuffi" in out
+    assert main(["show-config", "optim"]) == 0
+    assert "milestones" in capsys.readouterr().out
+
+
+def test_show_config_unknown_is_one_line(capsys):
+    assert main(["show-config", "icrl"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == err.strip().splitlines()[0] and "did you mean 'icarl'" in err
+
+
+def test_run_with_overrides_writes_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "train.epochs=1",
+            "scenario.increment=5",
+            "scenario.initial_increment=5",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "average incremental accuracy" in printed and "task" in printed
+    assert (out / "config.yaml").exists() and (out / "summary.json").exists()
+    records = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 2 and json.loads(records[1])["num_seen_classes"] == 10
+    # the same --out again is refused, nothing is overwritten
+    before = (out / "summary.json").read_bytes()
+    assert main(["run", "--out", str(out), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["run", "-c", "missing.yaml"], "config file not found"),
+        (["run", "trian.epochs=1"], "trian: unknown key (did you mean 'train'?)"),
+        (
+            ["run", "scenario.initial_increment=20"],
+            "scenario.initial_increment: 20 classes in the first",
+        ),
+        (
+            ["run", "data.name=cifar100", "data.root=/nonexistent", "data.download=false"],
+            "/nonexistent",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cilkit", *args, "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert expected in err
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()

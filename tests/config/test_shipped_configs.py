@@ -1,0 +1,35 @@
+"""Every shipped YAML config loads and validates against its dataset's class count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cilkit.config import load_config
+from cilkit.config.validate import validate_experiment
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+NUM_CLASSES = {
+    "cifar100": 100,
+    "cifar10": 10,
+    "digits": 10,
+    "fashion_mnist": 10,
+    "tiny_imagenet": 100,
+}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    validate_experiment(cfg, NUM_CLASSES[cfg.data.name], str(path))
+    assert cfg.name == path.stem
+
+
+def test_published_protocol_values():
+    cfg = load_config(CONFIGS[0].parents[1] / "experiments" / "icarl_cifar100_b0_inc10.yaml")
+    assert cfg.memory.memory_size == 2000 and cfg.memory.selection == "herding"
+    assert cfg.scenario.class_order_seed == 1993 and cfg.backbone.name == "resnet32"
+    assert cfg.train.init_epochs == 200 and cfg.train.epochs == 170
+    assert cfg.optim.init_milestones == (60, 120, 170) and cfg.optim.milestones == (80, 120)
+    assert cfg.optim.weight_decay == 2e-4 and cfg.optim.init_weight_decay == 5e-4

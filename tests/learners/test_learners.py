@@ -1,0 +1,147 @@
+"""Every registered learner, end to end on real (bundled) digits, plus method behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cilkit.config import build_config, load_config
+from cilkit.engine.trainer import Trainer
+from cilkit.learners import LEARNERS
+from cilkit.learners.wa import align_weights
+
+
+def tiny(name: str, *overrides: str, tasks: str = "4,3"):
+    first, inc = tasks.split(",")
+    learner = LEARNERS.get(name).obj
+    data = {
+        "seed": 0,
+        "data": {"name": "digits"},
+        "scenario": {"initial_increment": int(first), "increment": int(inc)},
+        "backbone": {"name": "convnet4", "hidden": 32},
+        "learner": {"name": name},
+        "optim": {"lr": 0.05, "scheduler": "constant", "weight_decay": 0.0},
+        "train": {"epochs": 3, "batch_size": 64},
+        "engine": {"progress": "none"},
+    }
+    if learner.needs_memory:
+        data["memory"] = {"memory_size": 60}
+    return build_config(data, list(overrides))
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_every_learner_writes_a_complete_run_directory(name, tmp_path):
+    cfg = tiny(name)
+    summary = Trainer(cfg, tmp_path, log=None).fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in records] == [0, 1, 2]
+    assert [r["num_seen_classes"] for r in records] == [4, 7, 10]
+    for r in records:
+        for key in (
+            "accuracy",
+            "accuracy_top5",
+            "old_accuracy",
+            "new_accuracy",
+            "accuracy_per_task",
+            "train_seconds",
+        ):
+            assert key in r
+        assert 0 <= r["accuracy"] <= 100 and r["accuracy_top5"] >= r["accuracy"]
+        assert len(r["accuracy_per_task"]) == r["task_id"] + 1
+    assert records[0]["old_accuracy"] is None
+    m = summary["accuracy_matrix"]
+    assert len(m) == 3 and all(len(row) == 3 for row in m)
+    assert m[0][1] is None and m[0][2] is None and m[1][2] is None and m[2][0] is not None
+    for key in (
+        "avg_incremental_accuracy",
+        "last_accuracy",
+        "forgetting",
+        "backward_transfer",
+        "task_accuracy",
+    ):
+        assert key in summary
+    assert summary["last_accuracy"] == records[-1]["accuracy"]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["avg_incremental_accuracy"] == pytest.approx(
+        sum(r["accuracy"] for r in records) / 3
+    )
+    if LEARNERS.get(name).obj.needs_memory:
+        assert "accuracy_nme" in records[-1] and "nme_accuracy_matrix" in saved
+        assert records[-1]["memory_size"] <= 60
+    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "accuracy_matrix.png").stat().st_size > 0
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_same_seed_same_result(tmp_path):
+    a = Trainer(tiny("icarl"), tmp_path / "a", log=None).fit()
+    b = Trainer(tiny("icarl"), tmp_path / "b", log=None).fit()
+    for key in ("accuracy_matrix", "nme_accuracy_matrix", "task_accuracy"):
+        assert a[key] == b[key]
+
+
+@pytest.fixture(scope="module")
+def two_task_runs(tmp_path_factory):
+    """finetune, replay and iCaRL on digits: 5 classes, then 5 more, 12 epochs each."""
+    out = {}
+    for name in ("finetune", "replay", "icarl"):
+        cfg = tiny(
+            name,
+            "train.epochs=12",
+            "memory.memory_size=100" if name != "finetune" else "train.epochs=12",
+            tasks="5,5",
+        )
+        out[name] = Trainer(cfg, tmp_path_factory.mktemp(name), log=None).fit()
+    return out
+
+
+def _old_accuracy(summary):
+    return summary["accuracy_matrix"][1][0]
+
+
+def test_finetune_forgets_old_classes(two_task_runs):
+    s = two_task_runs["finetune"]
+    assert s["accuracy_matrix"][0][0] > 90  # it had learned them
+    assert _old_accuracy(s) < 15  # and lost almost all of them
+
+
+@pytest.mark.parametrize("name", ["replay", "icarl"])
+def test_replay_and_icarl_keep_old_classes(two_task_runs, name):
+    assert _old_accuracy(two_task_runs[name]) > 70
+    assert _old_accuracy(two_task_runs[name]) > _old_accuracy(two_task_runs["finetune"]) + 50
+
+
+def test_icarl_nme_classifier_is_reported(two_task_runs):
+    s = two_task_runs["icarl"]
+    assert s["nme_last_accuracy"] > 70
+
+
+def test_align_weights_equalises_mean_norms():
+    w = torch.cat([torch.randn(6, 16), 5 * torch.randn(4, 16)])
+    gamma = align_weights(w, 6)
+    norms = w.norm(dim=1)
+    assert norms[:6].mean() == pytest.approx(float(norms[6:].mean()), rel=1e-5)
+    assert gamma < 1
+
+
+def test_wa_aligns_after_each_incremental_task(tmp_path):
+    from cilkit.engine import trainer as trainer_mod
+
+    cfg = tiny("wa", "train.epochs=4")
+    t = trainer_mod.Trainer(cfg, tmp_path, log=None)
+    t.fit()
+    # Rebuild and inspect: after the last task the head's old and new mean norms are equal.
+    s = t.setup()
+    from cilkit.learners import TaskContext
+
+    gen = torch.Generator().manual_seed(0)
+    for task in range(2):
+        info = s.train_scenario.task_info(task)
+        ctx = TaskContext(info, s.train, gen)
+        s.learner.before_task(ctx)
+        s.learner.after_task(ctx)
+    w = s.learner.network.head.weight.detach()
+    norms = w.norm(dim=1)
+    assert norms[:4].mean() == pytest.approx(float(norms[4:7].mean()), rel=1e-5)
