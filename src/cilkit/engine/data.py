@@ -15,6 +15,7 @@ import torch
 
 from cilkit.data.base import ImageSet
 from cilkit.data.transforms import BatchTransform
+from cilkit.errors import DatasetError
 
 
 @dataclass
@@ -43,6 +44,7 @@ class DeviceSplit:
         num_workers: decoding workers for file-based splits.
         rank: this process's rank under torchrun.
         world_size: number of processes.
+        on_unreadable: files that cannot be decoded: "skip" (zero image, warning) or "error".
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class DeviceSplit:
         num_workers: int = 4,
         rank: int = 0,
         world_size: int = 1,
+        on_unreadable: str = "error",
     ) -> None:
         self.split = split
         self.transform = transform
@@ -64,6 +67,7 @@ class DeviceSplit:
         self.targets_cpu = targets
         self.targets = targets.to(device)
         self.images = split.images.to(device) if split.images is not None else None
+        self.on_unreadable = on_unreadable
         self._file_dataset = None
 
     def __len__(self) -> int:
@@ -74,27 +78,30 @@ class DeviceSplit:
         classes = torch.as_tensor(classes, dtype=torch.long)
         return torch.nonzero(torch.isin(self.targets_cpu, classes)).flatten()
 
-    def _gather(self, chunk: torch.Tensor) -> torch.Tensor:
+    def _uint8_batches(
+        self, chunks: list[torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images on the device, CPU positions) for each chunk of positions."""
         if self.images is not None:
-            return self.images[chunk.to(self.device, non_blocking=True)]
-        return self._decode(chunk)
-
-    def _decode(self, chunk: torch.Tensor) -> torch.Tensor:
+            for chunk in chunks:
+                yield self.images[chunk.to(self.device, non_blocking=True)], chunk
+            return
         from cilkit.data.lazy import FileImageDataset
 
         if self._file_dataset is None:
-            self._file_dataset = FileImageDataset(self.split.paths, self.split.image_shape[-1])
-        ds = self._file_dataset
-        if self.num_workers == 0 or len(chunk) < 2 * max(self.num_workers, 1):
-            imgs = [ds[int(i)][0] for i in chunk]
-        else:
-            loader = torch.utils.data.DataLoader(
-                torch.utils.data.Subset(ds, chunk.tolist()),
-                batch_size=max(1, len(chunk) // self.num_workers),
-                num_workers=self.num_workers,
-            )
-            imgs = [img for batch_imgs, _ in loader for img in batch_imgs]
-        return torch.stack(imgs).to(self.device, non_blocking=True)
+            self._file_dataset = FileImageDataset.from_image_set(self.split, self.on_unreadable)
+        loader = torch.utils.data.DataLoader(
+            self._file_dataset,
+            batch_sampler=[c.tolist() for c in chunks],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        try:
+            for images, index in loader:
+                yield images.to(self.device, non_blocking=True), index
+        except DatasetError as err:  # re-raised from a worker with its traceback: keep one line
+            last = [line for line in str(err).splitlines() if line.strip()][-1]
+            raise DatasetError(last.split("DatasetError: ", 1)[-1]) from None
 
     def _shard(self, chunk: torch.Tensor) -> torch.Tensor:
         return chunk[self.rank :: self.world_size] if self.world_size > 1 else chunk
@@ -112,21 +119,22 @@ class DeviceSplit:
         smaller than the number of processes is dropped so every process steps together.
         """
         order = indices[torch.randperm(len(indices), generator=generator)]
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            if len(chunk) < self.world_size:
-                break
-            chunk = self._shard(chunk)
-            x = self.transform.train(self._gather(chunk), aug_generator)
+        chunks = [
+            self._shard(order[start : start + batch_size])
+            for start in range(0, len(order), batch_size)
+            if len(order) - start >= self.world_size
+        ]
+        for images, chunk in self._uint8_batches(chunks):
+            x = self.transform.train(images, aug_generator)
             yield Batch(x, self.targets[chunk.to(self.device)], chunk)
 
     def eval_batches(
         self, indices: torch.Tensor, batch_size: int, flip: bool = False
     ) -> Iterator[Batch]:
         """Batches in order, normalised, not augmented (all samples, on every process)."""
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            x = self.transform.eval(self._gather(chunk), flip=flip)
+        chunks = list(torch.split(indices, batch_size))
+        for images, chunk in self._uint8_batches(chunks):
+            x = self.transform.eval(images, flip=flip)
             yield Batch(x, self.targets[chunk.to(self.device)], chunk)
 
     @torch.no_grad()

@@ -93,9 +93,9 @@ class Trainer:
             resolve_preset(dataset.preset, cfg.data.augment),
             channels_last=cfg.engine.channels_last,
         )
-        workers = cfg.train.num_workers
-        train = DeviceSplit(dataset.train, train_scn.targets, transform, device, workers)
-        test = DeviceSplit(dataset.test, test_scn.targets, transform, device, workers)
+        kw = {"num_workers": cfg.train.num_workers, "on_unreadable": cfg.data.on_unreadable}
+        train = DeviceSplit(dataset.train, train_scn.targets, transform, device, **kw)
+        test = DeviceSplit(dataset.test, test_scn.targets, transform, device, **kw)
         network = create_network(cfg.backbone, dataset.train.image_shape[0])
         learner = create_learner(cfg.learner, network, cfg.memory)
         return Setup(dataset, train_scn, test_scn, train, test, learner, device)
