@@ -18,16 +18,19 @@ def test_first_lines_are_the_two_setup_commands():
 
 def test_add_a_learner_example_runs(tmp_path):
     code = re.search(r"```python\n(# src/cilkit/learners/my_lwf.py.*?)```", README, re.S).group(1)
-    script = code + """
+    script = (
+        code
+        + """
 from cilkit.config import build_config
 from cilkit.engine.trainer import Trainer
 cfg = build_config({"data": {"name": "digits"}, "learner": {"name": "my_lwf", "kd_weight": 2},
                     "scenario": {"increment": 5}, "backbone": {"name": "convnet4", "hidden": 16},
                     "train": {"epochs": 1}, "engine": {"progress": "none"}})
-s = Trainer(cfg, %r, log=None).fit()
+s = Trainer(cfg, RUN_DIR, log=None).fit()
 assert len(s["accuracy_matrix"]) == 2, s
 print("ok")
-""" % str(tmp_path / "run")
+""".replace("RUN_DIR", repr(str(tmp_path / "run")))
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok")

@@ -47,7 +47,7 @@ def test_ranks_take_disjoint_shards_of_every_global_batch():
         b.index.tolist()
         for b in full.train_batches(torch.arange(10), 4, torch.Generator().manual_seed(3))
     ]
-    for a, b, w in zip(*shards, whole):
+    for a, b, w in zip(*shards, whole, strict=True):
         assert sorted(a + b) == sorted(w) and not set(a) & set(b)
 
 
