@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import shutil
 import sys
 import textwrap
 from importlib import resources
 from pathlib import Path
 
-from cilkit.errors import CilkitError
+from cilkit.errors import CheckpointError, CilkitError
 
 KINDS = ("learners", "backbones", "datasets", "buffers")
 
@@ -67,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite", action="store_true", help="replace a run directory that holds another run"
     )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped or killed run from its last complete checkpoint",
+    )
+    run.add_argument(
+        "--stop-after-task",
+        type=int,
+        metavar="N",
+        help="end cleanly after task id N (0-based); continue later with --resume",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -84,33 +96,56 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import yaml
+
     from cilkit.config import build_config
     from cilkit.config.loader import read_yaml
     from cilkit.engine.trainer import Trainer
 
-    if args.config:
-        data = read_yaml(args.config)
-        source = args.config
+    if args.resume:
+        if args.config or args.out:
+            raise CilkitError("--resume continues a run with its own config.yaml; drop -c/--out")
+        out = Path(args.resume)
+        source = str(out / "config.yaml")
+        if not (out / "config.yaml").exists():
+            raise CheckpointError(f"--resume {out}: not a run directory (no config.yaml)")
+        data = read_yaml(source)
+    elif args.config:
+        data, source = read_yaml(args.config), args.config
     else:
-        import yaml
-
         data = yaml.safe_load(quickstart_config_text())
         source = "quickstart.yaml (embedded)"
     cfg = build_config(data, args.overrides, source=source)
     if args.quiet:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, progress="none"))
-    if args.out:
-        out = Path(args.out)
-    else:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{stamp}-{cfg.name}"
-    if (out / "config.yaml").exists() and not args.overwrite:
-        raise CilkitError(
-            f"--out {out} already holds a run; choose another --out or pass --overwrite"
-        )
-    Trainer(cfg, out, source=source).fit()
-    print(f"\nrun directory: {out}  (config.yaml, metrics.jsonl, summary.json, plots/)")
+    if not args.resume:
+        if args.out:
+            out = Path(args.out)
+        else:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"{stamp}-{cfg.name}"
+        _claim_run_dir(out, args.overwrite)
+    summary = Trainer(cfg, out, source=source).fit(
+        resume=bool(args.resume), stop_after_task=args.stop_after_task
+    )
+    if summary is not None:
+        print(f"\nrun directory: {out}  (config.yaml, metrics.jsonl, summary.json, plots/)")
     return 0
+
+
+def _claim_run_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a directory that holds another run unless ``overwrite``; then clear that run."""
+    if not (out / "config.yaml").exists():
+        return
+    if not overwrite:
+        raise CilkitError(
+            f"--out {out} already holds a run; continue it with --resume {out}, "
+            "choose another --out, or pass --overwrite"
+        )
+    for name in ("checkpoints", "plots"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -161,11 +196,16 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cilkit.engine.trainer import RunInterrupted
+
     parser = _parser()
     args = parser.parse_args(argv)
     commands = {"run": _cmd_run, "list": _cmd_list, "show-config": _cmd_show_config}
     try:
         return commands[args.command](args)
+    except RunInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 130
     except CilkitError as err:
         if args.debug:
             raise

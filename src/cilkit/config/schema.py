@@ -221,10 +221,14 @@ class EngineConfig:
     """Also log to TensorBoard when it is installed."""
     num_threads: int | None = None
     """CPU threads for torch; None = torch's default."""
+    checkpoint_every_epochs: int | None = None
+    """Also checkpoint inside a task every N epochs (long first tasks); None = after tasks only."""
 
     def __post_init__(self) -> None:
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         _check(ok, "device", f"'{self.device}' is not auto, cpu, cuda or cuda:N")
+        every = self.checkpoint_every_epochs
+        _check(every is None or every >= 1, "checkpoint_every_epochs", "must be >= 1")
 
 
 @dataclass(frozen=True)

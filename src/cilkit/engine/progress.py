@@ -7,6 +7,9 @@ from typing import Any
 
 
 class _NullBar:
+    def __init__(self, *args: Any) -> None:
+        pass
+
     def update(self, **metrics: float) -> None:
         pass
 
@@ -15,10 +18,12 @@ class _NullBar:
 
 
 class _TqdmBar:
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, initial: int = 0) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, desc=desc, unit="epoch", leave=False, file=sys.stderr)
+        self._bar = tqdm(
+            total=total, initial=initial, desc=desc, unit="epoch", leave=False, file=sys.stderr
+        )
 
     def update(self, **metrics: float) -> None:
         self._bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
@@ -29,12 +34,12 @@ class _TqdmBar:
 
 
 class _RichBar:
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, initial: int = 0) -> None:
         from rich.progress import Progress as RichProgress
 
         self._progress = RichProgress(transient=True)
         self._progress.start()
-        self._task = self._progress.add_task(desc, total=total)
+        self._task = self._progress.add_task(desc, total=total, completed=initial)
 
     def update(self, **metrics: float) -> None:
         text = " ".join(f"{k}={v:.3f}" for k, v in metrics.items())
@@ -50,12 +55,12 @@ class Progress:
     def __init__(self, style: str = "tqdm", enabled: bool = True) -> None:
         self.style = style if enabled else "none"
 
-    def bar(self, total: int, desc: str) -> Any:
+    def bar(self, total: int, desc: str, initial: int = 0) -> Any:
         if self.style == "none":
             return _NullBar()
         if self.style == "rich":
             try:
-                return _RichBar(total, desc)
+                return _RichBar(total, desc, initial)
             except ImportError:
                 pass
-        return _TqdmBar(total, desc)
+        return _TqdmBar(total, desc, initial)

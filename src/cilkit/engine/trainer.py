@@ -5,7 +5,11 @@ It calls the learner's hooks and never names a learner.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,17 +18,25 @@ from typing import Any
 import torch
 
 from cilkit.backbones import create_network
-from cilkit.config import ExperimentConfig, dump_config
+from cilkit.config import ExperimentConfig, config_to_dict, dump_config
 from cilkit.config.validate import validate_experiment
 from cilkit.data import datasets as _datasets  # noqa: F401  (registers the adapters)
 from cilkit.data.base import DatasetSplits, create_dataset
 from cilkit.data.transforms import BatchTransform, resolve_preset
-from cilkit.engine.data import DeviceSplit
+from cilkit.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from cilkit.engine.data import Batch, DeviceSplit
+from cilkit.engine.distributed import Distributed
 from cilkit.engine.evaluate import predict_split, task_metrics
 from cilkit.engine.optim import build_optimizer, build_scheduler
 from cilkit.engine.progress import Progress
 from cilkit.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
-from cilkit.errors import CilkitError
+from cilkit.errors import CheckpointError, CilkitError
 from cilkit.learners import Learner, StepOutput, TaskContext, create_learner
 from cilkit.results.plots import plot_accuracy_curve, plot_accuracy_matrix
 from cilkit.results.run_dir import RunDirectory, summarize
@@ -33,6 +45,109 @@ from cilkit.scenarios import ClassIncremental, resolve_class_order
 
 class TrainingError(CilkitError):
     """Training cannot go on (a NaN loss, ...)."""
+
+
+class RunInterrupted(CilkitError):
+    """Ctrl-C: a consistent checkpoint was written; the run can be resumed."""
+
+    def __init__(self, run_dir: Path, task_id: int, epoch: int | None = None) -> None:
+        at = f"task {task_id}" + (f", epoch {epoch}" if epoch is not None else "")
+        super().__init__(
+            f"interrupted; checkpoint written at {at}. Continue with: cilkit run --resume {run_dir}"
+        )
+
+
+class _InterruptHandler:
+    """First Ctrl-C asks the loop to checkpoint and stop at the next epoch end; a second one
+    aborts at once (the last complete checkpoint stays valid)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nCtrl-C: stopping after this epoch with a checkpoint (Ctrl-C again to abort now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self) -> _InterruptHandler:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def config_fingerprint(cfg: ExperimentConfig) -> str:
+    """Hash of everything in a config that changes results (not progress bars, workers, name)."""
+    data = config_to_dict(cfg)
+    data.pop("name", None)
+    for section, key in (
+        ("engine", "progress"),
+        ("engine", "tensorboard"),
+        ("train", "num_workers"),
+    ):
+        data[section].pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _optimizer_state_to_json(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": {str(k): v for k, v in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
+
+
+def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": {int(k): v for k, v in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
+
+
+class _StepModule(torch.nn.Module):
+    """Wraps a learner's training_step as a forward, so DistributedDataParallel syncs gradients."""
+
+    def __init__(self, learner: Learner) -> None:
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
+        out = self.learner.training_step(Batch(x, y, index))
+        if not isinstance(out, StepOutput):
+            out = StepOutput(out)
+        return out.loss, out.logits, out.terms
+
+
+def _step_function(learner: Learner, dist: Distributed, device: torch.device):
+    """One training step's forward: plain, or through DDP under torchrun."""
+    if dist.world_size == 1:
+
+        def step(batch: Batch) -> StepOutput:
+            out = learner.training_step(batch)
+            return out if isinstance(out, StepOutput) else StepOutput(out)
+
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp = DistributedDataParallel(
+        _StepModule(learner),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
+    )
+
+    def ddp_step(batch: Batch) -> StepOutput:
+        loss, logits, terms = ddp(batch.x, batch.y, batch.index)
+        return StepOutput(loss, terms, logits)
+
+    return ddp_step
 
 
 @dataclass
@@ -75,12 +190,15 @@ class Trainer:
             print(text, file=sys.stdout if self.log == "stdout" else self.log, flush=True)
 
     # ---- set-up ----------------------------------------------------------------------------------
-    def setup(self) -> Setup:
+    def setup(self, dist: Distributed | None = None) -> Setup:
+        """Load the data and build the scenario, the network and the learner."""
         cfg = self.cfg
+        dist = dist or Distributed()
         seed_everything(cfg.seed, cfg.engine.deterministic)
         if cfg.engine.num_threads:
             torch.set_num_threads(cfg.engine.num_threads)
-        device = resolve_device(cfg.engine)
+        device = resolve_device(cfg.engine, dist.local_rank if dist.world_size > 1 else None)
+        dist.init(device)
         dataset = create_dataset(cfg.data)
         validate_experiment(cfg, dataset.num_classes, self.source)
         sc = cfg.scenario
@@ -93,7 +211,12 @@ class Trainer:
             resolve_preset(dataset.preset, cfg.data.augment),
             channels_last=cfg.engine.channels_last,
         )
-        kw = {"num_workers": cfg.train.num_workers, "on_unreadable": cfg.data.on_unreadable}
+        kw = {
+            "num_workers": cfg.train.num_workers,
+            "on_unreadable": cfg.data.on_unreadable,
+            "rank": dist.rank,
+            "world_size": dist.world_size,
+        }
         train = DeviceSplit(dataset.train, train_scn.targets, transform, device, **kw)
         test = DeviceSplit(dataset.test, test_scn.targets, transform, device, **kw)
         network = create_network(cfg.backbone, dataset.train.image_shape[0])
@@ -106,61 +229,109 @@ class Trainer:
             learner.to(memory_format=torch.channels_last)
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        """Train on every task, evaluating after each; returns the summary."""
+    def fit(
+        self, resume: bool = False, stop_after_task: int | None = None
+    ) -> dict[str, Any] | None:
+        """Train on every task, evaluating and checkpointing after each.
+
+        Args:
+            resume: continue from the run directory's last complete checkpoint.
+            stop_after_task: end cleanly after this task id (a later ``resume`` continues).
+
+        Returns:
+            The summary, or None when the run stopped early.
+        """
         cfg = self.cfg
-        s = self.setup()
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        self.run.write_config(dump_config(cfg))
+        dist = Distributed.from_env()
+        s = self.setup(dist)
+        main_process = dist.rank == 0
+        if not main_process:
+            self.log = None
         amp = autocast_dtype(cfg.engine, s.device)
-        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-        learner_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        aug_gen = torch.Generator(device=s.device).manual_seed(cfg.seed + 2)
-        progress = Progress(cfg.engine.progress)
+        gens = {
+            "shuffle": torch.Generator().manual_seed(cfg.seed),
+            "learner": torch.Generator().manual_seed(cfg.seed + 1),
+            "augment": torch.Generator(device=s.device).manual_seed(cfg.seed + 2),
+        }
+        records: list[dict[str, Any]] = []
+        start_task, partial = 0, None
+        if resume:
+            records, start_task, partial = self._restore(s, gens)
+        elif main_process:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_config(dump_config(cfg))
+        progress = Progress(cfg.engine.progress, enabled=main_process)
         self._print(
             f"{cfg.name}: {cfg.learner.name} on {cfg.data.name}, {s.train_scenario.num_tasks} tasks "
             f"{list(s.train_scenario.increments)}, {cfg.backbone.name}, device {s.device}"
+            + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
         )
         self._print(f"run directory: {self.run.path}")
-        header = _table_header()
-        records: list[dict[str, Any]] = []
-        for t in range(s.train_scenario.num_tasks):
-            info = s.train_scenario.task_info(t)
-            ctx = TaskContext(info, s.train, learner_gen, cfg.train.eval_batch_size)
-            s.learner.before_task(ctx)
-            self._to_device(s.learner, s.device)
-            indices = s.learner.train_indices(ctx)
-            start = time.perf_counter()
-            loss = self._train_task(s, t, indices, shuffle_gen, aug_gen, amp, progress)
-            s.learner.after_task(ctx)
-            self._to_device(s.learner, s.device)
-            train_seconds = time.perf_counter() - start
-            seen = s.test_scenario[: t + 1]
-            top1, top5, targets = predict_split(
-                s.learner, s.test, seen.indices, cfg.train.eval_batch_size, amp
-            )
-            record = {
-                "task_id": t,
-                "num_seen_classes": info.num_seen_classes,
-                "num_new_classes": info.num_new_classes,
-                **task_metrics(top1, top5, targets, seen),
-                "train_loss": loss,
-                "num_train_samples": len(indices),
-                "memory_size": len(s.learner.memory) if s.learner.memory is not None else 0,
-                "train_seconds": round(train_seconds, 3),
-            }
-            records.append(record)
-            self.run.write_metrics(records)
-            if t == 0:
-                self._print(header)
-            self._print(_table_row(record))
+        if resume:
+            where = f"task {start_task}" + (f", epoch {partial['epoch'] + 1}" if partial else "")
+            self._print(f"resuming at {where}")
+        if records:
+            self._print(_table_header())
+            for r in records:
+                self._print(_table_row(r))
+        with _InterruptHandler() as interrupt:
+            for t in range(start_task, s.train_scenario.num_tasks):
+                info = s.train_scenario.task_info(t)
+                ctx = TaskContext(info, s.train, gens["learner"], cfg.train.eval_batch_size)
+                resumed = partial if partial is not None and partial["task_id"] == t else None
+                if resumed is None:
+                    s.learner.before_task(ctx)
+                self._to_device(s.learner, s.device)
+                indices = s.learner.train_indices(ctx)
+                start = time.perf_counter()
+                loss = self._train_task(
+                    s, t, indices, gens, amp, progress, resumed, records, interrupt, dist
+                )
+                dist.sync_module(s.learner)
+                s.learner.after_task(ctx)
+                self._to_device(s.learner, s.device)
+                train_seconds = time.perf_counter() - start + (resumed or {}).get("seconds", 0.0)
+                seen = s.test_scenario[: t + 1]
+                top1, top5, targets = predict_split(
+                    s.learner, s.test, seen.indices, cfg.train.eval_batch_size, amp
+                )
+                record = {
+                    "task_id": t,
+                    "num_seen_classes": info.num_seen_classes,
+                    "num_new_classes": info.num_new_classes,
+                    **task_metrics(top1, top5, targets, seen),
+                    "train_loss": loss,
+                    "num_train_samples": len(indices),
+                    "memory_size": len(s.learner.memory) if s.learner.memory is not None else 0,
+                    "train_seconds": round(train_seconds, 3),
+                }
+                records.append(record)
+                self._checkpoint(
+                    s, gens, records, f"task-{t:03d}", task_id=t + 1, main=main_process
+                )
+                if main_process:
+                    self.run.write_metrics(records)
+                dist.barrier()
+                if t == 0 or (resume and len(records) == 1):
+                    self._print(_table_header())
+                self._print(_table_row(record))
+                last = t == s.train_scenario.num_tasks - 1
+                if not last and (stop_after_task == t or interrupt.requested):
+                    self._print(
+                        f"\nstopped after task {t}; continue with: cilkit run --resume {self.run.path}"
+                    )
+                    if interrupt.requested:
+                        raise RunInterrupted(self.run.path, t)
+                    return None
         summary = summarize(records)
         summary.update(
             {"learner": cfg.learner.name, "dataset": cfg.data.name, "backbone": cfg.backbone.name}
         )
-        self.run.write_summary(summary)
-        self._write_plots(records, summary)
+        if main_process:
+            self.run.write_summary(summary)
+            self._write_plots(records, summary)
         self._print(_summary_text(summary))
+        dist.close()
         return summary
 
     def _train_task(
@@ -168,10 +339,13 @@ class Trainer:
         s: Setup,
         task_id: int,
         indices: torch.Tensor,
-        shuffle_gen: torch.Generator,
-        aug_gen: torch.Generator,
+        gens: dict[str, torch.Generator],
         amp: torch.dtype | None,
         progress: Progress,
+        resumed: dict[str, Any] | None,
+        records: list[dict[str, Any]],
+        interrupt: _InterruptHandler,
+        dist: Distributed,
     ) -> float | None:
         cfg = self.cfg
         epochs = cfg.train.epochs_for_task(task_id)
@@ -181,21 +355,29 @@ class Trainer:
         optimizer = build_optimizer(learner.parameters_to_optimize(), cfg.optim, task_id)
         scheduler = build_scheduler(optimizer, cfg.optim, task_id, epochs)
         scaler = torch.amp.GradScaler(s.device.type, enabled=amp == torch.float16)
+        start_epoch, mean_loss, seconds = 0, None, 0.0
+        if resumed is not None:
+            optimizer.load_state_dict(_optimizer_state_from_json(resumed["optimizer"]))
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+            start_epoch, mean_loss = resumed["epoch"] + 1, resumed["loss"]
+            seconds = resumed.get("seconds", 0.0)
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        bar = progress.bar(epochs, f"task {task_id + 1}/{s.train_scenario.num_tasks}")
-        mean_loss = None
+        step_fn = _step_function(learner, dist, s.device)
+        bar = progress.bar(epochs, f"task {task_id + 1}/{s.train_scenario.num_tasks}", start_epoch)
+        started = time.perf_counter()
         learner.train()
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             total = torch.zeros((), device=s.device)
             correct = torch.zeros((), device=s.device)
+            first_bad = torch.full((), -1, device=s.device, dtype=torch.long)
             seen = 0
-            for _step, batch in enumerate(
-                s.train.train_batches(indices, cfg.train.batch_size, shuffle_gen, aug_gen)
-            ):
+            batches = s.train.train_batches(
+                indices, cfg.train.batch_size, gens["shuffle"], gens["augment"]
+            )
+            for step, batch in enumerate(batches):
                 with autocast(s.device, amp):
-                    out = learner.training_step(batch)
-                if not isinstance(out, StepOutput):
-                    out = StepOutput(out)
+                    out = step_fn(batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
                 if cfg.train.grad_clip is not None:
@@ -204,20 +386,108 @@ class Trainer:
                 scaler.step(optimizer)
                 scaler.update()
                 learner.after_step()
-                total += out.loss.detach().float() * len(batch.y)
+                loss = out.loss.detach().float()
+                # No host sync per step: remember the first non-finite step on the device.
+                first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step, first_bad)
+                total += loss * len(batch.y)
                 if out.logits is not None:
                     correct += (out.logits.detach().argmax(1) == batch.y).sum()
                 seen += len(batch.y)
             scheduler.step()
-            mean_loss = total.item() / max(seen, 1)
-            if not torch.isfinite(torch.tensor(mean_loss)):
-                raise TrainingError(
-                    f"task {task_id}, epoch {epoch}: the loss is {mean_loss}; lower optim.lr "
-                    "or set train.grad_clip"
+            bad_step = int(first_bad)
+            if bad_step >= 0:
+                kept = (
+                    latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir.exists() else None
                 )
+                raise TrainingError(
+                    f"task {task_id}, epoch {epoch}, step {bad_step}: the loss is not finite; "
+                    "lower optim.lr or set train.grad_clip"
+                    + (f" (the last good checkpoint {kept} is kept)" if kept else "")
+                )
+            mean_loss = total.item() / max(seen, 1)
             bar.update(loss=mean_loss, acc=100.0 * correct.item() / max(seen, 1))
+            every = cfg.engine.checkpoint_every_epochs
+            due = every is not None and (epoch + 1) % every == 0
+            if epoch + 1 < epochs and (due or interrupt.requested):
+                partial = {
+                    "task_id": task_id,
+                    "epoch": epoch,
+                    "loss": mean_loss,
+                    "seconds": seconds + time.perf_counter() - started,
+                    "optimizer": _optimizer_state_to_json(optimizer.state_dict()),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                }
+                name = f"task-{task_id:03d}-epoch-{epoch:04d}"
+                self._checkpoint(s, gens, records, name, task_id, dist.rank == 0, partial)
+                dist.barrier()
+                if interrupt.requested:
+                    bar.close()
+                    raise RunInterrupted(self.run.path, task_id, epoch)
         bar.close()
         return mean_loss
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run.path / "checkpoints"
+
+    def _checkpoint(
+        self,
+        s: Setup,
+        gens: dict[str, torch.Generator],
+        records: list[dict[str, Any]],
+        name: str,
+        task_id: int,
+        main: bool,
+        partial: dict[str, Any] | None = None,
+    ) -> None:
+        """Write everything needed to continue (rank 0 only); keep the last two checkpoints."""
+        if not main:
+            return
+        state = {
+            "config_hash": config_fingerprint(self.cfg),
+            "next_task": task_id,
+            "records": records,
+            "learner": s.learner.state_dict(),
+            "rng": rng_state(gens),
+            "partial": partial,
+        }
+        save_checkpoint(self.checkpoint_dir, name, state)
+        keep = {name}
+        previous = sorted(p.stem for p in self.checkpoint_dir.glob("task-*.json"))
+        keep.update(n for n in previous if "epoch" not in n and n <= name)
+        keep = set(sorted(keep)[-2:]) | {name}
+        for p in self.checkpoint_dir.glob("task-*"):
+            if p.stem not in keep:
+                p.unlink(missing_ok=True)
+
+    def _restore(
+        self, s: Setup, gens: dict[str, torch.Generator]
+    ) -> tuple[list[dict[str, Any]], int, dict[str, Any] | None]:
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            raise CheckpointError(
+                f"{self.run.path}: no checkpoint to resume from (the run stopped before its "
+                "first task finished); start it again with --overwrite"
+            )
+        state = load_checkpoint(path)
+        if state.get("config_hash") != config_fingerprint(self.cfg):
+            raise CheckpointError(
+                f"{path}: written by a different config than {self.run.config_path}; "
+                "resume with the run's own config.yaml"
+            )
+        try:
+            s.learner.load_state_dict(state["learner"])
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(f"{path}: does not fit this learner ({first})") from None
+        set_rng_state(state["rng"], gens)
+        records = list(state["records"])
+        partial = state.get("partial")
+        if partial is not None:
+            partial["load_from"] = path
+        return records, int(state["next_task"]), partial
 
     def _write_plots(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         plots = self.run.plots_dir

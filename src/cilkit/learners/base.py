@@ -191,6 +191,19 @@ class Learner(nn.Module):
             state["memory"] = self.memory.state_dict()
         return state
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint into a fresh learner: the old network is created and buffers that
+        grow across tasks (class means) are resized first; the head resizes itself."""
+        if self.old_network is None and any(k.startswith("old_network.") for k in state_dict):
+            self.old_network = self.network.copy_frozen()
+        for name, buf in list(self.named_buffers()):
+            stored = state_dict.get(name)
+            if isinstance(stored, torch.Tensor) and stored.shape != buf.shape:
+                owner_name, _, attr = name.rpartition(".")
+                owner = self.get_submodule(owner_name) if owner_name else self
+                setattr(owner, attr, torch.empty_like(stored, device=buf.device))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def set_extra_state(self, state: dict) -> None:
         self.num_old_classes = int(state["num_old_classes"])
         self.num_seen_classes = int(state["num_seen_classes"])

@@ -1,0 +1,58 @@
+"""torchrun integration: rank and world size from the environment, process group set-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    _owns_group: bool = False
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as set by torchrun."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=world,
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+    def init(self, device: torch.device) -> None:
+        """Join the process group: NCCL on GPUs, gloo on the CPU."""
+        if self.world_size == 1 or torch_dist.is_initialized():
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        self._owns_group = True
+
+    def sync_module(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers (BatchNorm statistics differ after
+        training on different shards), so exemplar selection and class means agree."""
+        if self.world_size == 1 or not torch_dist.is_initialized():
+            return
+        with torch.no_grad():
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                torch_dist.broadcast(tensor.data, src=0)
+
+    def barrier(self) -> None:
+        if self.world_size > 1 and torch_dist.is_initialized():
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        if self._owns_group and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+            self._owns_group = False

@@ -1,0 +1,273 @@
+"""Runs that survive: stop and resume, Ctrl-C, kill -9, bad checkpoints, NaN loss, disk full."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cilkit.config import build_config
+from cilkit.engine.checkpoint import latest_checkpoint
+from cilkit.engine.trainer import RunInterrupted, Trainer, TrainingError
+from cilkit.errors import CheckpointError
+from cilkit.learners import LEARNERS, Learner
+
+TIMING_KEYS = {"train_seconds"}
+
+
+def tiny(name: str = "icarl", *overrides: str):
+    learner = LEARNERS.get(name).obj
+    data = {
+        "seed": 5,
+        "data": {"name": "digits"},
+        "scenario": {"initial_increment": 4, "increment": 3},
+        "backbone": {"name": "convnet4", "hidden": 16},
+        "learner": {"name": name},
+        "optim": {"lr": 0.05, "milestones": [1]},
+        "train": {"epochs": 2, "batch_size": 128},
+        "engine": {"progress": "none"},
+    }
+    if learner.needs_memory:
+        data["memory"] = {"memory_size": 40}
+    return build_config(data, list(overrides))
+
+
+def results(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+
+
+def metrics(run_dir) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING_KEYS} for x in lines]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cache = {}
+
+    def get(name: str, *overrides: str):
+        key = (name, overrides)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"full-{name}")
+            cache[key] = (results(Trainer(tiny(name, *overrides), out, log=None).fit()), out)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_stop_and_resume_after_each_task_equals_uninterrupted(name, tmp_path, uninterrupted):
+    expected, full_dir = uninterrupted(name)
+    cfg = tiny(name)
+    assert Trainer(cfg, tmp_path, log=None).fit(stop_after_task=0) is None
+    assert not (tmp_path / "summary.json").exists()
+    assert Trainer(cfg, tmp_path, log=None).fit(resume=True, stop_after_task=1) is None
+    summary = Trainer(cfg, tmp_path, log=None).fit(resume=True)
+    assert results(summary) == expected
+    assert results(json.loads((tmp_path / "summary.json").read_text())) == expected
+    assert metrics(tmp_path) == metrics(full_dir)
+
+
+def _interrupt_at_step(monkeypatch, task: int, step: int) -> None:
+    """Send ourselves SIGINT (Ctrl-C) at a given training step of a given task."""
+    original = Learner.after_step
+    calls = {"n": 0}
+
+    def after_step(self):
+        original(self)
+        if self.num_seen_classes == (4 if task == 0 else 4 + 3 * task):
+            calls["n"] += 1
+            if calls["n"] == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Learner, "after_step", after_step)
+
+
+def test_ctrl_c_mid_task_checkpoints_and_resumes_exactly(tmp_path, monkeypatch, uninterrupted):
+    expected, _ = uninterrupted("icarl", "train.epochs=3")
+    cfg = tiny("icarl", "train.epochs=3")
+    _interrupt_at_step(monkeypatch, task=1, step=2)
+    with pytest.raises(RunInterrupted, match="epoch 0.*cilkit run --resume"):
+        Trainer(cfg, tmp_path, log=None).fit()
+    monkeypatch.undo()
+    assert "epoch" in latest_checkpoint(tmp_path / "checkpoints").name
+    summary = Trainer(cfg, tmp_path, log=None).fit(resume=True)
+    assert results(summary) == expected
+
+
+def test_checkpoint_every_epochs_keeps_results_identical(tmp_path, uninterrupted):
+    expected, _ = uninterrupted("icarl", "train.epochs=3")
+    cfg = tiny("icarl", "train.epochs=3", "engine.checkpoint_every_epochs=1")
+    assert results(Trainer(cfg, tmp_path, log=None).fit()) == expected
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == [
+        "LATEST",
+        "task-001.json",
+        "task-001.safetensors",
+        "task-002.json",
+        "task-002.safetensors",
+    ]
+
+
+def test_kill_9_mid_run_then_resume(tmp_path, uninterrupted):
+    expected, _ = uninterrupted("icarl", "train.epochs=6")
+    out = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "cilkit",
+        "run",
+        "--quiet",
+        "--out",
+        str(out),
+        "data.name=digits",
+        "scenario.initial_increment=4",
+        "scenario.increment=3",
+        "backbone.name=convnet4",
+        "backbone.hidden=16",
+        "learner.name=icarl",
+        "memory.memory_size=40",
+        "optim.lr=0.05",
+        "optim.milestones=[1]",
+        "train.epochs=6",
+        "train.batch_size=128",
+        "seed=5",
+        "engine.checkpoint_every_epochs=1",
+        "optim.scheduler=multistep",
+        "train.eval_batch_size=512",
+        "optim.weight_decay=0.0002",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "LATEST"
+    try:
+        while proc.poll() is None:
+            if latest.exists() and "task-001-epoch" in latest.read_text():
+                break
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert latest.exists() and not (out / "summary.json").exists()  # killed mid-run
+    # The run's own config.yaml differs from tiny() only in the name, which changes no result.
+    summary = Trainer(_config_of(out), out, log=None).fit(resume=True)
+    assert results(summary) == expected
+
+
+def _config_of(run_dir):
+    from cilkit.config import load_config
+
+    return load_config(run_dir / "config.yaml")
+
+
+def _stopped_run(tmp_path):
+    cfg = tiny("replay")
+    Trainer(cfg, tmp_path, log=None).fit(stop_after_task=0)
+    return cfg, tmp_path / "checkpoints" / "task-000"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "json"])
+def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage):
+    cfg, stem = _stopped_run(tmp_path)
+    tensors = stem.with_suffix(".safetensors")
+    if damage == "flip":
+        data = bytearray(tensors.read_bytes())
+        data[-10] ^= 0xFF
+        tensors.write_bytes(bytes(data))
+    elif damage == "truncate":
+        tensors.write_bytes(tensors.read_bytes()[:100])
+    else:
+        stem.with_suffix(".json").write_text('{"format": 1, "state": ')
+    with pytest.raises(CheckpointError) as err:
+        Trainer(cfg, tmp_path, log=None).fit(resume=True)
+    assert "task-000" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    _, _ = _stopped_run(tmp_path)
+    other = tiny("replay", "learner.name=replay", "optim.lr=0.01")
+    with pytest.raises(CheckpointError, match="different config"):
+        Trainer(other, tmp_path, log=None).fit(resume=True)
+
+
+def test_nan_loss_stops_naming_task_epoch_step_and_keeps_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny("finetune")
+    original = Learner.training_step
+
+    def training_step(self, batch):
+        out = original(self, batch)
+        if self.num_old_classes:  # task 1
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Learner, "training_step", training_step)
+    with pytest.raises(TrainingError, match=r"task 1, epoch 0, step 0: the loss is not finite"):
+        Trainer(cfg, tmp_path, log=None).fit()
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "task-000.json"
+    assert len(metrics(tmp_path)) == 1
+    monkeypatch.undo()
+    summary = Trainer(cfg, tmp_path, log=None).fit(resume=True)
+    assert summary["num_tasks"] == 3
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny("finetune")
+    import cilkit.results.io as io
+
+    real_fsync = io.os.fsync
+    state = {"calls": 0}
+
+    def fsync(fd):
+        # fail while writing the second checkpoint's tensor file
+        if state["armed"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    state["armed"] = False
+    original = Trainer._checkpoint
+
+    def checkpoint(self, *args, **kwargs):
+        state["calls"] += 1
+        state["armed"] = state["calls"] == 2
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            state["armed"] = False
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    monkeypatch.setattr(Trainer, "_checkpoint", checkpoint)
+    with pytest.raises(CheckpointError, match="No space left on device.*task-000.json is still"):
+        Trainer(cfg, tmp_path, log=None).fit()
+    monkeypatch.undo()
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "task-000.json"
+    assert Trainer(cfg, tmp_path, log=None).fit(resume=True)["num_tasks"] == 3
+
+
+def test_resume_without_checkpoint_says_so(tmp_path):
+    cfg = tiny("finetune")
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        Trainer(cfg, tmp_path, log=None).fit(resume=True)
+
+
+def test_learner_state_dict_loads_into_fresh_learner(tmp_path):
+    cfg = tiny("icarl")
+    t = Trainer(cfg, tmp_path, log=None)
+    t.fit()
+    from cilkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    fresh = t.setup().learner
+    fresh.load_state_dict(state["learner"])
+    assert fresh.network.num_classes == 10 and fresh.old_network is not None
+    assert fresh.class_means.shape == (10, 16) and len(fresh.memory) == 40
+    assert torch.equal(
+        fresh.memory.indices(), state["learner"]["_extra_state"]["memory"]["indices"]
+    )
