@@ -99,3 +99,59 @@ def test_bad_input_is_one_line_without_traceback(args, expected, tmp_path):
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert expected in err
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_stop_resume_and_overwrite_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train.epochs=1", "--out", str(out), "--quiet"]
+    assert main(["run", *base, "--stop-after-task", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"cilkit run --resume {out}" in printed
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "-c", "x.yaml"]) == 2
+    assert "drop -c/--out" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    # --overwrite replaces the old run entirely
+    assert (
+        main(
+            [
+                "run",
+                "train.epochs=1",
+                "scenario.increment=5",
+                "scenario.initial_increment=5",
+                "--out",
+                str(out),
+                "--quiet",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.json")) == [
+        "task-000.json",
+        "task-001.json",
+    ]
+
+
+def test_overrides_may_follow_options(tmp_path):
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(tmp_path / "r"),
+                "--quiet",
+                "train.epochs=1",
+                "scenario.increment=5",
+                "scenario.initial_increment=5",
+            ]
+        )
+        == 0
+    )
+    with pytest.raises(SystemExit):
+        main(["run", "--bogus", "train.epochs=1"])

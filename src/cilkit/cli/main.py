@@ -100,6 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from cilkit.config import build_config
     from cilkit.config.loader import read_yaml
+    from cilkit.engine.distributed import Distributed
     from cilkit.engine.trainer import Trainer
 
     if args.resume:
@@ -124,11 +125,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"{stamp}-{cfg.name}"
-        _claim_run_dir(out, args.overwrite)
-    summary = Trainer(cfg, out, source=source).fit(
-        resume=bool(args.resume), stop_after_task=args.stop_after_task
-    )
-    if summary is not None:
+        if Distributed.from_env().rank == 0:  # under torchrun only rank 0 owns the directory
+            _claim_run_dir(out, args.overwrite)
+    trainer = Trainer(cfg, out, source=source)
+    summary = trainer.fit(resume=bool(args.resume), stop_after_task=args.stop_after_task)
+    if summary is not None and trainer.log is not None:
         print(f"\nrun directory: {out}  (config.yaml, metrics.jsonl, summary.json, plots/)")
     return 0
 
@@ -199,7 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     from cilkit.engine.trainer import RunInterrupted
 
     parser = _parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after options (argparse alone stops at the first option).
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or args.command != "run"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "run":
+        args.overrides = list(args.overrides) + extra
     commands = {"run": _cmd_run, "list": _cmd_list, "show-config": _cmd_show_config}
     try:
         return commands[args.command](args)
