@@ -71,6 +71,7 @@ def test_every_learner_writes_a_complete_run_directory(name, tmp_path):
         assert "accuracy_nme" in records[-1] and "nme_accuracy_matrix" in saved
         assert records[-1]["memory_size"] <= 60
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 0
+    assert "summary (accuracies in %)" in (tmp_path / "log.txt").read_text()
     assert (tmp_path / "plots" / "accuracy_matrix.png").stat().st_size > 0
     assert load_config(tmp_path / "config.yaml") == cfg
 

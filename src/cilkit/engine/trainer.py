@@ -33,6 +33,7 @@ from cilkit.engine.checkpoint import (
 from cilkit.engine.data import Batch, DeviceSplit
 from cilkit.engine.distributed import Distributed
 from cilkit.engine.evaluate import predict_split, task_metrics
+from cilkit.engine.logger import RunLogger
 from cilkit.engine.optim import build_optimizer, build_scheduler
 from cilkit.engine.progress import Progress
 from cilkit.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
@@ -184,10 +185,13 @@ class Trainer:
         self.run = RunDirectory(run_dir)
         self.source = source
         self.log = log
+        self.logger: RunLogger | None = None
 
     def _print(self, text: str = "") -> None:
         if self.log is not None:
             print(text, file=sys.stdout if self.log == "stdout" else self.log, flush=True)
+        if self.logger is not None:
+            self.logger.text(text)
 
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self, dist: Distributed | None = None) -> Setup:
@@ -220,6 +224,8 @@ class Trainer:
         train = DeviceSplit(dataset.train, train_scn.targets, transform, device, **kw)
         test = DeviceSplit(dataset.test, test_scn.targets, transform, device, **kw)
         network = create_network(cfg.backbone, dataset.train.image_shape[0])
+        if cfg.engine.compile:
+            network.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
         learner = create_learner(cfg.learner, network, cfg.memory)
         return Setup(dataset, train_scn, test_scn, train, test, learner, device)
 
@@ -260,6 +266,7 @@ class Trainer:
         elif main_process:
             self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.write_config(dump_config(cfg))
+        self.logger = RunLogger(self.run.path, cfg.engine.tensorboard, enabled=main_process)
         progress = Progress(cfg.engine.progress, enabled=main_process)
         self._print(
             f"{cfg.name}: {cfg.learner.name} on {cfg.data.name}, {s.train_scenario.num_tasks} tasks "
@@ -315,6 +322,15 @@ class Trainer:
                 if t == 0 or (resume and len(records) == 1):
                     self._print(_table_header())
                 self._print(_table_row(record))
+                self.logger.scalars(
+                    {
+                        "accuracy/cnn": record["accuracy"],
+                        "accuracy/nme": record.get("accuracy_nme"),
+                        "accuracy/old": record["old_accuracy"],
+                        "accuracy/new": record["new_accuracy"],
+                    },
+                    info.num_seen_classes,
+                )
                 last = t == s.train_scenario.num_tasks - 1
                 if not last and (stop_after_task == t or interrupt.requested):
                     self._print(
@@ -331,6 +347,7 @@ class Trainer:
             self.run.write_summary(summary)
             self._write_plots(records, summary)
         self._print(_summary_text(summary))
+        self.logger.close()
         dist.close()
         return summary
 
@@ -405,7 +422,12 @@ class Trainer:
                     + (f" (the last good checkpoint {kept} is kept)" if kept else "")
                 )
             mean_loss = total.item() / max(seen, 1)
-            bar.update(loss=mean_loss, acc=100.0 * correct.item() / max(seen, 1))
+            train_acc = 100.0 * correct.item() / max(seen, 1)
+            bar.update(loss=mean_loss, acc=train_acc)
+            self.logger.scalars(
+                {f"task{task_id}/loss": mean_loss, f"task{task_id}/train_accuracy": train_acc},
+                epoch,
+            )
             every = cfg.engine.checkpoint_every_epochs
             due = every is not None and (epoch + 1) % every == 0
             if epoch + 1 < epochs and (due or interrupt.requested):
