@@ -29,6 +29,8 @@ class _ExpandableHead(nn.Module):
         if in_features < 1:
             raise ValueError(f"in_features must be >= 1, got {in_features}")
         self.in_features = in_features
+        # Per-class output scale (1 unless a rebalancing stage such as LWS learned one).
+        self.register_buffer("class_scale", torch.ones(0))
         self.weight = nn.Parameter(torch.empty(0, in_features))
         if bias:
             self.bias = nn.Parameter(torch.empty(0))
@@ -44,6 +46,9 @@ class _ExpandableHead(nn.Module):
         raise NotImplementedError
 
     def _set_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        rows = weight.shape[0]
+        scale = self.class_scale[:rows]
+        self.class_scale = torch.cat([scale, scale.new_ones(rows - len(scale))])
         requires_grad = self.weight.requires_grad
         self.weight = nn.Parameter(weight, requires_grad=requires_grad)
         if bias is not None:
@@ -122,7 +127,7 @@ class ExpandableLinear(_ExpandableHead):
             nn.init.uniform_(bias, -bound, bound)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.weight, self.bias)
+        return F.linear(features, self.weight, self.bias) * self.class_scale
 
 
 class CosineLinear(_ExpandableHead):
@@ -154,7 +159,7 @@ class CosineLinear(_ExpandableHead):
         return F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        out = self.cosine(features)
+        out = self.cosine(features) * self.class_scale
         return out if self.sigma is None else self.sigma * out
 
     def extra_repr(self) -> str:

@@ -64,18 +64,22 @@ class IncrementalNet(nn.Module):
         return old
 
 
-def create_network(cfg: BackboneConfig, in_channels: int, head: str = "linear") -> IncrementalNet:
+def create_network(
+    cfg: BackboneConfig, in_channels: int, head: str | None = None
+) -> IncrementalNet:
     """Build the backbone named ``cfg.name`` with an empty expandable head.
 
     Args:
         cfg: backbone config.
         in_channels: image channels.
-        head: ``"linear"`` (:class:`ExpandableLinear`) or ``"cosine"`` (:class:`CosineLinear`).
+        head: ``"linear"`` (:class:`ExpandableLinear`) or ``"cosine"`` (:class:`CosineLinear`);
+            None = ``cfg.head``.
 
     Returns:
         An :class:`IncrementalNet` with 0 classes; call :meth:`IncrementalNet.expand` per task.
     """
     backbone = create_backbone(cfg, in_channels)
+    head = head or cfg.head
     classifier: nn.Module
     if head == "linear":
         classifier = ExpandableLinear(backbone.out_dim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import os
 import shutil
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from cilkit.errors import CheckpointError, CilkitError
 
-KINDS = ("learners", "backbones", "datasets", "buffers")
+KINDS = ("learners", "backbones", "datasets", "buffers", "losses", "samplers")
 
 
 def _registries():
@@ -21,13 +22,17 @@ def _registries():
     from cilkit.buffers.selection import SELECTORS
     from cilkit.data import datasets as _datasets  # noqa: F401  (registration)
     from cilkit.data.base import DATASETS
+    from cilkit.data.samplers import SAMPLERS
     from cilkit.learners import LEARNERS
+    from cilkit.losses import LOSSES
 
     return {
         "learners": LEARNERS,
         "backbones": BACKBONES,
         "datasets": DATASETS,
         "buffers": SELECTORS,
+        "losses": LOSSES,
+        "samplers": SAMPLERS,
     }
 
 
@@ -81,6 +86,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    tune = sub.add_parser(
+        "tune",
+        help="re-train a finished run's classifier with another loss (GML plug-in tuning)",
+        description="Load a finished run, freeze the feature extractor, re-train the classifier "
+        "on the same training data with a chosen loss (GML by default), optionally ensemble the "
+        "old and new classifiers, and save the result as a new run with before/after metrics.",
+    )
+    tune.add_argument("--from", dest="source", required=True, metavar="RUN_DIR")
+    tune.add_argument("--out", help="new run directory (default: RUN_DIR-tuned-LOSS)")
+    tune.add_argument("--loss", default="gml", help="registered loss (cilkit list losses)")
+    tune.add_argument(
+        "loss_options", nargs="*", metavar="loss.KEY=VALUE", help="loss options, e.g. loss.p=2"
+    )
+    tune.add_argument(
+        "--freeze",
+        choices=["backbone", "none"],
+        default="backbone",
+        help="backbone: train only the classifier (default); none: fine-tune everything",
+    )
+    tune.add_argument("--epochs", type=int, default=10)
+    tune.add_argument("--lr", type=float, default=0.01)
+    tune.add_argument("--ensemble", action="store_true", help="ensemble old and new classifiers")
+    tune.add_argument("--t-new", type=float, default=1.0, help="ensemble temperature (new)")
+    tune.add_argument("--t-old", type=float, default=1.0, help="ensemble temperature (old)")
+    tune.add_argument("--overwrite", action="store_true")
 
     ls = sub.add_parser("list", help="list registered components with a one-line description")
     ls.add_argument("kind", choices=KINDS)
@@ -149,6 +180,32 @@ def _claim_run_dir(out: Path, overwrite: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from cilkit.config.loader import parse_override
+    from cilkit.engine.tune import TuneOptions, tune
+
+    loss: dict = {"name": args.loss}
+    for text in args.loss_options:
+        key, value = parse_override(text)
+        if not key.startswith("loss.") or key.count(".") != 1:
+            raise CilkitError(f"'{text}': loss options are given as loss.KEY=VALUE")
+        loss[key.split(".", 1)[1]] = value
+    out = Path(args.out) if args.out else Path(f"{args.source.rstrip('/')}-tuned-{args.loss}")
+    _claim_run_dir(out, args.overwrite)
+    opts = TuneOptions(
+        loss=loss,
+        freeze=args.freeze,
+        epochs=args.epochs,
+        lr=args.lr,
+        ensemble=args.ensemble,
+        t_new=args.t_new,
+        t_old=args.t_old,
+    )
+    tune(args.source, out, opts)
+    print(f"\ntuned run directory: {out}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     reg = _registries()[args.kind]
     entries = reg.entries()
@@ -177,6 +234,12 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
     elif args.name in regs["backbones"]:
         entry, section = regs["backbones"].get(args.name), "backbone"
         cls = entry.config_cls or schema.BackboneConfig
+    elif args.name in regs["losses"]:
+        entry, section = regs["losses"].get(args.name), "learner.loss"
+        cls = entry.config_cls
+    elif args.name in regs["samplers"]:
+        entry, section = regs["samplers"].get(args.name), "train.sampler"
+        cls = entry.config_cls
     elif args.name in sections:
         entry, section, cls = None, args.name, sections[args.name]
     else:
@@ -202,12 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after options (argparse alone stops at the first option).
     args, extra = parser.parse_known_args(argv)
-    unknown = [e for e in extra if e.startswith("-") or args.command != "run"]
+    unknown = [e for e in extra if e.startswith("-") or args.command not in ("run", "tune")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         args.overrides = list(args.overrides) + extra
-    commands = {"run": _cmd_run, "list": _cmd_list, "show-config": _cmd_show_config}
+    elif args.command == "tune":
+        args.loss_options = list(args.loss_options) + extra
+    commands = {
+        "run": _cmd_run,
+        "tune": _cmd_tune,
+        "list": _cmd_list,
+        "show-config": _cmd_show_config,
+    }
     try:
         return commands[args.command](args)
     except RunInterrupted as err:
@@ -221,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `cilkit show-config icarl | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,14 @@ def _registry_for(kind: str):
         from cilkit.learners import LEARNERS
 
         return LEARNERS
+    if kind == "loss":
+        from cilkit.losses import LOSSES
+
+        return LOSSES
+    if kind == "sampler":
+        from cilkit.data.samplers import SAMPLERS
+
+        return SAMPLERS
     from cilkit.backbones import BACKBONES
 
     return BACKBONES

@@ -77,6 +77,12 @@ class ScenarioConfig:
     """Explicit order of the original class ids; overrides ``class_order_seed``."""
     class_order_seed: int | None = 1993
     """Seed of the class-order permutation (iCaRL / PyCIL use 1993); None = natural order."""
+    long_tail: LongTailConfig | None = None
+    """Make the training split long-tailed (``{kind: exp, imb_factor: 100}``); None = as is."""
+    many_threshold: int = 100
+    """Classes with more training images than this are 'many-shot' (many_accuracy)."""
+    few_threshold: int = 20
+    """Classes with fewer training images than this are 'few-shot'; the rest 'medium'."""
 
     def __post_init__(self) -> None:
         _check(self.increment >= 1, "increment", "must be >= 1")
@@ -85,6 +91,34 @@ class ScenarioConfig:
             "initial_increment",
             "must be >= 1",
         )
+        _check(
+            0 <= self.few_threshold <= self.many_threshold,
+            "few_threshold",
+            "must be between 0 and many_threshold",
+        )
+
+
+@dataclass(frozen=True)
+class LongTailConfig:
+    """Long-tailed training split: class i (original id order) keeps n_i images.
+
+    exp: n_i = floor(n_max * imb_factor^(-i / (C - 1))); step: n_max for the first half of the
+    classes, floor(n_max / imb_factor) for the rest. The test split is left untouched.
+    """
+
+    kind: Literal["exp", "step"] = "exp"
+    imb_factor: float = 100.0
+    """Ratio of the largest to the smallest class (IF)."""
+    max_per_class: int | None = None
+    """n_max; None = the dataset's largest class."""
+    seed: int = 0
+    """Seed of which images each class keeps."""
+
+    def __post_init__(self) -> None:
+        _check(self.imb_factor >= 1, "imb_factor", "must be >= 1")
+        _check(
+            self.max_per_class is None or self.max_per_class >= 1, "max_per_class", "must be >= 1"
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +126,47 @@ class BackboneConfig:
     """Feature extractor; ``name`` picks a registered backbone and its options."""
 
     name: str = "resnet32"
+    head: Literal["linear", "cosine"] = "linear"
+    """Classifier head: linear, or cosine (normalised features and weights; LDAM, LUCIR)."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Classification loss; ``name`` picks a registered loss and its options."""
+
+    name: str = "ce"
+    drw_start_epoch: int | None = None
+    """Deferred re-weighting (Cao et al. 2019): uniform class weights before this epoch, then
+    effective-number weights normalised to sum to the number of classes; None = off."""
+    drw_beta: float = 0.9999
+    """Beta of the effective number (1 - beta^n) / (1 - beta) used by DRW."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How each epoch draws training samples; ``name`` picks a registered sampler."""
+
+    name: str = "instance"
+
+
+@dataclass(frozen=True)
+class RebalanceConfig:
+    """Two-stage rebalancing (Liu et al., ECCV 2022): after each task's training, a class-balanced
+    stage trains only the classifier's per-class scale (LWS) or re-trains the classifier (cRT)
+    on frozen features."""
+
+    method: Literal["lws", "crt"] = "lws"
+    """lws: learnable weight scaling of each class's logit; crt: re-initialise and re-train the
+    classifier."""
+    epochs: int = 30
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    sampler: str = "class_aware"
+    """Sampler of the balanced stage (``cilkit list samplers``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs", "must be >= 1")
+        _check(self.lr > 0, "lr", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -99,6 +174,10 @@ class LearnerConfig:
     """Learning method; ``name`` picks a registered learner and its options."""
 
     name: str = "finetune"
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Classification loss (``cilkit list losses``), e.g. ``{name: bsce}``."""
+    rebalance: RebalanceConfig | None = None
+    """Two-stage rebalancing after each task, e.g. ``{method: lws, epochs: 30}``; None = off."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +267,8 @@ class TrainConfig:
     """Clip the gradient norm to this value."""
     num_workers: int = 4
     """Decoding workers for image folders that are not held in memory."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Epoch sampling (``cilkit list samplers``): instance, class_balanced, sqrt, ..."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "epochs", "must be >= 0")
@@ -247,5 +328,10 @@ class ExperimentConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
-POLYMORPHIC_SECTIONS = {BackboneConfig: "backbone", LearnerConfig: "learner"}
+POLYMORPHIC_SECTIONS = {
+    BackboneConfig: "backbone",
+    LearnerConfig: "learner",
+    LossConfig: "loss",
+    SamplerConfig: "sampler",
+}
 """Sections whose ``name`` picks a config subclass from the registry of that kind."""

@@ -112,13 +112,19 @@ class DeviceSplit:
         batch_size: int,
         generator: torch.Generator,
         aug_generator: torch.Generator | None = None,
+        sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> Iterator[Batch]:
-        """Shuffled, augmented batches over ``indices`` (one epoch).
+        """Shuffled (or resampled), augmented batches over ``indices`` (one epoch).
 
-        ``batch_size`` is global: each process takes its share of every batch. A last batch
-        smaller than the number of processes is dropped so every process steps together.
+        ``sampler`` maps the samples' labels to the epoch's positions into ``indices``
+        (default: a random permutation). ``batch_size`` is global: each process takes its share
+        of every batch. A last batch smaller than the number of processes is dropped so every
+        process steps together.
         """
-        order = indices[torch.randperm(len(indices), generator=generator)]
+        if sampler is None:
+            order = indices[torch.randperm(len(indices), generator=generator)]
+        else:
+            order = indices[sampler(self.targets_cpu[indices], generator)]
         chunks = [
             self._shard(order[start : start + batch_size])
             for start in range(0, len(order), batch_size)

@@ -48,6 +48,19 @@ class Distributed:
             for tensor in list(module.parameters()) + list(module.buffers()):
                 torch_dist.broadcast(tensor.data, src=0)
 
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` over the processes (for stages outside DDP)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.world_size == 1 or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch_dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
     def barrier(self) -> None:
         if self.world_size > 1 and torch_dist.is_initialized():
             torch_dist.barrier()

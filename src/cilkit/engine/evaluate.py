@@ -8,7 +8,7 @@ import torch
 
 from cilkit.engine.data import DeviceSplit
 from cilkit.engine.runtime import autocast
-from cilkit.metrics import accuracy, accuracy_per_task, old_new_accuracy
+from cilkit.metrics import accuracy, accuracy_per_task, long_tail_metrics, old_new_accuracy
 from cilkit.scenarios import TaskSet
 
 
@@ -48,8 +48,15 @@ def task_metrics(
     top5: dict[str, torch.Tensor],
     targets: torch.Tensor,
     seen: TaskSet,
+    train_counts: torch.Tensor | None = None,
+    many_threshold: int = 100,
+    few_threshold: int = 20,
 ) -> dict[str, Any]:
-    """The metrics.jsonl fields of one task for every classifier (``nme`` fields prefixed)."""
+    """The metrics.jsonl fields of one task for every classifier (``nme`` fields prefixed).
+
+    With ``train_counts`` (training images of each seen class) the CNN classifier also gets the
+    long-tail metrics: many/medium/few accuracy, GM/HM of per-class recalls, lowest recall.
+    """
     out: dict[str, Any] = {}
     num_old = seen.info.num_old_classes
     for name in top1:
@@ -69,4 +76,15 @@ def task_metrics(
             out[f"accuracy_{name}"] = values.pop("accuracy")
             out[f"accuracy_{name}_top5"] = values.pop("accuracy_top5")
             out.update({f"{name}_{k}": v for k, v in values.items()})
+    if train_counts is not None and "cnn" in top1:
+        out.update(
+            long_tail_metrics(
+                top1["cnn"],
+                targets,
+                train_counts.tolist(),
+                seen.info.num_seen_classes,
+                many_threshold,
+                few_threshold,
+            )
+        )
     return out

@@ -5,12 +5,14 @@ It calls the learner's hooks and never names a learner.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ import torch
 
 from cilkit.backbones import create_network
 from cilkit.config import ExperimentConfig, config_to_dict, dump_config
+from cilkit.config.schema import OptimConfig
 from cilkit.config.validate import validate_experiment
 from cilkit.data import datasets as _datasets  # noqa: F401  (registers the adapters)
 from cilkit.data.base import DatasetSplits, create_dataset
+from cilkit.data.samplers import create_sampler
 from cilkit.data.transforms import BatchTransform, resolve_preset
 from cilkit.engine.checkpoint import (
     latest_checkpoint,
@@ -37,11 +41,17 @@ from cilkit.engine.logger import RunLogger
 from cilkit.engine.optim import build_optimizer, build_scheduler
 from cilkit.engine.progress import Progress
 from cilkit.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
-from cilkit.errors import CheckpointError, CilkitError
+from cilkit.errors import CheckpointError, CilkitError, ConfigError
 from cilkit.learners import Learner, StepOutput, TaskContext, create_learner
-from cilkit.results.plots import plot_accuracy_curve, plot_accuracy_matrix
+from cilkit.learners.base import TrainingStage
+from cilkit.results.plots import (
+    plot_accuracy_curve,
+    plot_accuracy_matrix,
+    plot_per_class_accuracy,
+)
 from cilkit.results.run_dir import RunDirectory, summarize
 from cilkit.scenarios import ClassIncremental, resolve_class_order
+from cilkit.scenarios.long_tail import apply_long_tail
 
 
 class TrainingError(CilkitError):
@@ -163,6 +173,13 @@ class Setup:
     learner: Learner
     device: torch.device
 
+    @property
+    def train_counts(self) -> torch.Tensor:
+        """Training images of each remapped class."""
+        return torch.bincount(
+            self.train_scenario.targets, minlength=self.train_scenario.num_classes
+        )
+
 
 class Trainer:
     """Runs one experiment into a run directory.
@@ -205,6 +222,13 @@ class Trainer:
         dist.init(device)
         dataset = create_dataset(cfg.data)
         validate_experiment(cfg, dataset.num_classes, self.source)
+        if cfg.scenario.long_tail is not None:
+            try:
+                lt_train, _ = apply_long_tail(dataset.train, cfg.scenario.long_tail)
+            except ValueError as err:
+                where = f"{self.source}: " if self.source else ""
+                raise ConfigError(f"{where}scenario.long_tail: {err}") from None
+            dataset = dataclasses.replace(dataset, train=lt_train)
         sc = cfg.scenario
         order = resolve_class_order(dataset.num_classes, sc.class_order, sc.class_order_seed)
         train_scn = ClassIncremental(dataset.train, sc.increment, sc.initial_increment, order)
@@ -290,6 +314,7 @@ class Trainer:
                     s.learner.before_task(ctx)
                 self._to_device(s.learner, s.device)
                 indices = s.learner.train_indices(ctx)
+                s.learner.before_training(ctx, indices)
                 start = time.perf_counter()
                 loss = self._train_task(
                     s, t, indices, gens, amp, progress, resumed, records, interrupt, dist
@@ -297,6 +322,8 @@ class Trainer:
                 dist.sync_module(s.learner)
                 s.learner.after_task(ctx)
                 self._to_device(s.learner, s.device)
+                for stage in s.learner.stages(ctx, indices):
+                    self._run_stage(s, stage, t, indices, gens, amp, progress, dist)
                 train_seconds = time.perf_counter() - start + (resumed or {}).get("seconds", 0.0)
                 seen = s.test_scenario[: t + 1]
                 top1, top5, targets = predict_split(
@@ -306,7 +333,15 @@ class Trainer:
                     "task_id": t,
                     "num_seen_classes": info.num_seen_classes,
                     "num_new_classes": info.num_new_classes,
-                    **task_metrics(top1, top5, targets, seen),
+                    **task_metrics(
+                        top1,
+                        top5,
+                        targets,
+                        seen,
+                        s.train_counts[: info.num_seen_classes],
+                        cfg.scenario.many_threshold,
+                        cfg.scenario.few_threshold,
+                    ),
                     "train_loss": loss,
                     "num_train_samples": len(indices),
                     "memory_size": len(s.learner.memory) if s.learner.memory is not None else 0,
@@ -364,13 +399,102 @@ class Trainer:
         interrupt: _InterruptHandler,
         dist: Distributed,
     ) -> float | None:
+        """The task's main training, with mid-task checkpoints and Ctrl-C handling."""
         cfg = self.cfg
         epochs = cfg.train.epochs_for_task(task_id)
         learner = s.learner
         if epochs == 0 or len(indices) == 0:
             return None
-        optimizer = build_optimizer(learner.parameters_to_optimize(), cfg.optim, task_id)
-        scheduler = build_scheduler(optimizer, cfg.optim, task_id, epochs)
+        every = cfg.engine.checkpoint_every_epochs
+
+        def on_epoch_end(epoch: int, state: dict[str, Any]) -> None:
+            due = every is not None and (epoch + 1) % every == 0
+            if epoch + 1 < epochs and (due or interrupt.requested):
+                partial = {"task_id": task_id, "epoch": epoch, **state}
+                name = f"task-{task_id:03d}-epoch-{epoch:04d}"
+                self._checkpoint(s, gens, records, name, task_id, dist.rank == 0, partial)
+                dist.barrier()
+                if interrupt.requested:
+                    raise RunInterrupted(self.run.path, task_id, epoch)
+
+        return self._fit_epochs(
+            s,
+            label=f"task {task_id + 1}/{s.train_scenario.num_tasks}",
+            params=learner.parameters_to_optimize(),
+            optim=cfg.optim,
+            task_id=task_id,
+            epochs=epochs,
+            indices=indices,
+            step=_step_function(learner, dist, s.device),
+            gens=gens,
+            amp=amp,
+            progress=progress,
+            dist=dist,
+            sampler=create_sampler(cfg.train.sampler),
+            before_epoch=lambda epoch: learner.before_epoch(epoch, epochs),
+            resumed=resumed,
+            on_epoch_end=on_epoch_end,
+        )
+
+    def _run_stage(
+        self,
+        s: Setup,
+        stage: TrainingStage,
+        task_id: int,
+        indices: torch.Tensor,
+        gens: dict[str, torch.Generator],
+        amp: torch.dtype | None,
+        progress: Progress,
+        dist: Distributed,
+    ) -> None:
+        """An extra stage a learner asked for (e.g. class-balanced rebalancing)."""
+        s.learner.train()
+        self._fit_epochs(
+            s,
+            label=f"task {task_id + 1}: {stage.name}",
+            params=stage.parameters,
+            optim=stage.optim,
+            task_id=task_id,
+            epochs=stage.epochs,
+            indices=indices,
+            step=stage.step,
+            gens=gens,
+            amp=amp,
+            progress=progress,
+            dist=dist,
+            sampler=stage.sampler,
+            before_epoch=stage.before_epoch,
+            sync_grads=dist.world_size > 1,
+        )
+        if stage.finish is not None:
+            stage.finish()
+
+    def _fit_epochs(
+        self,
+        s: Setup,
+        *,
+        label: str,
+        params: list[torch.nn.Parameter],
+        optim: OptimConfig,
+        task_id: int,
+        epochs: int,
+        indices: torch.Tensor,
+        step: Callable[[Batch], StepOutput],
+        gens: dict[str, torch.Generator],
+        amp: torch.dtype | None,
+        progress: Progress,
+        dist: Distributed,
+        sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        before_epoch: Callable[[int], None] | None = None,
+        resumed: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        sync_grads: bool = False,
+    ) -> float | None:
+        """The one epoch loop: forward via ``step``, backward, clip, step, schedule, log."""
+        cfg = self.cfg
+        learner = s.learner
+        optimizer = build_optimizer(params, optim, task_id)
+        scheduler = build_scheduler(optimizer, optim, task_id, epochs)
         scaler = torch.amp.GradScaler(s.device.type, enabled=amp == torch.float16)
         start_epoch, mean_loss, seconds = 0, None, 0.0
         if resumed is not None:
@@ -380,23 +504,26 @@ class Trainer:
             start_epoch, mean_loss = resumed["epoch"] + 1, resumed["loss"]
             seconds = resumed.get("seconds", 0.0)
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        step_fn = _step_function(learner, dist, s.device)
-        bar = progress.bar(epochs, f"task {task_id + 1}/{s.train_scenario.num_tasks}", start_epoch)
+        bar = progress.bar(epochs, label, start_epoch)
         started = time.perf_counter()
         learner.train()
         for epoch in range(start_epoch, epochs):
+            if before_epoch is not None:
+                before_epoch(epoch)
             total = torch.zeros((), device=s.device)
             correct = torch.zeros((), device=s.device)
             first_bad = torch.full((), -1, device=s.device, dtype=torch.long)
             seen = 0
             batches = s.train.train_batches(
-                indices, cfg.train.batch_size, gens["shuffle"], gens["augment"]
+                indices, cfg.train.batch_size, gens["shuffle"], gens["augment"], sampler
             )
-            for step, batch in enumerate(batches):
+            for i, batch in enumerate(batches):
                 with autocast(s.device, amp):
-                    out = step_fn(batch)
+                    out = step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
+                if sync_grads:
+                    dist.average_gradients(params)
                 if cfg.train.grad_clip is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
@@ -405,7 +532,7 @@ class Trainer:
                 learner.after_step()
                 loss = out.loss.detach().float()
                 # No host sync per step: remember the first non-finite step on the device.
-                first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step, first_bad)
+                first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), i, first_bad)
                 total += loss * len(batch.y)
                 if out.logits is not None:
                     correct += (out.logits.detach().argmax(1) == batch.y).sum()
@@ -417,7 +544,8 @@ class Trainer:
                     latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir.exists() else None
                 )
                 raise TrainingError(
-                    f"task {task_id}, epoch {epoch}, step {bad_step}: the loss is not finite; "
+                    f"{label.split(':')[-1].strip() if ':' in label else f'task {task_id}'}, "
+                    f"epoch {epoch}, step {bad_step}: the loss is not finite; "
                     "lower optim.lr or set train.grad_clip"
                     + (f" (the last good checkpoint {kept} is kept)" if kept else "")
                 )
@@ -425,27 +553,19 @@ class Trainer:
             train_acc = 100.0 * correct.item() / max(seen, 1)
             bar.update(loss=mean_loss, acc=train_acc)
             self.logger.scalars(
-                {f"task{task_id}/loss": mean_loss, f"task{task_id}/train_accuracy": train_acc},
-                epoch,
+                {f"{label}/loss": mean_loss, f"{label}/train_accuracy": train_acc}, epoch
             )
-            every = cfg.engine.checkpoint_every_epochs
-            due = every is not None and (epoch + 1) % every == 0
-            if epoch + 1 < epochs and (due or interrupt.requested):
-                partial = {
-                    "task_id": task_id,
-                    "epoch": epoch,
-                    "loss": mean_loss,
-                    "seconds": seconds + time.perf_counter() - started,
-                    "optimizer": _optimizer_state_to_json(optimizer.state_dict()),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                }
-                name = f"task-{task_id:03d}-epoch-{epoch:04d}"
-                self._checkpoint(s, gens, records, name, task_id, dist.rank == 0, partial)
-                dist.barrier()
-                if interrupt.requested:
-                    bar.close()
-                    raise RunInterrupted(self.run.path, task_id, epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(
+                    epoch,
+                    {
+                        "loss": mean_loss,
+                        "seconds": seconds + time.perf_counter() - started,
+                        "optimizer": _optimizer_state_to_json(optimizer.state_dict()),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                    },
+                )
         bar.close()
         return mean_loss
 
@@ -522,6 +642,16 @@ class Trainer:
         plot_accuracy_matrix(
             summary["accuracy_matrix"], plots / "accuracy_matrix.png", title=f"{title} (CNN)"
         )
+        last = records[-1]
+        if last.get("per_class_recall") is not None:
+            plot_per_class_accuracy(
+                last["per_class_recall"],
+                last["train_class_counts"],
+                plots / "per_class_accuracy.png",
+                title=f"{title}: per-class accuracy after the last task",
+                many_threshold=self.cfg.scenario.many_threshold,
+                few_threshold=self.cfg.scenario.few_threshold,
+            )
         if summary.get("nme_accuracy_matrix"):
             plot_accuracy_matrix(
                 summary["nme_accuracy_matrix"],

@@ -17,18 +17,20 @@ saved with the learner's ``state_dict``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cilkit.backbones import IncrementalNet
 from cilkit.buffers.memory import ExemplarMemory
 from cilkit.buffers.selection import class_means, nme_logits
-from cilkit.config.schema import LearnerConfig, MemoryConfig
+from cilkit.components.rebalance import TwoStageRebalance
+from cilkit.config.schema import LearnerConfig, MemoryConfig, OptimConfig
 from cilkit.engine.data import Batch, DeviceSplit
+from cilkit.losses import create_loss
 from cilkit.registry import Registry
 from cilkit.scenarios import TaskInfo
 
@@ -63,6 +65,32 @@ class TaskContext:
 
 
 @dataclass
+class TrainingStage:
+    """An extra training stage after a task's main training (e.g. class-balanced rebalancing),
+    run by the engine's loop with its own parameters, sampler and schedule.
+
+    Attributes:
+        name: shown in the progress bar.
+        parameters: what the stage's optimiser updates.
+        epochs: number of epochs.
+        optim: optimiser and schedule.
+        step: the stage's loss for one batch.
+        sampler: epoch sampler (None = shuffle).
+        before_epoch: called with the epoch before each epoch (e.g. backbone to eval mode).
+        finish: called after the last epoch (e.g. to fold a learned scale into the head).
+    """
+
+    name: str
+    parameters: list[nn.Parameter]
+    epochs: int
+    optim: OptimConfig
+    step: Callable[[Batch], StepOutput]
+    sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    before_epoch: Callable[[int], None] | None = None
+    finish: Callable[[], None] | None = None
+
+
+@dataclass
 class StepOutput:
     """A training step's result: the loss to minimise, named terms to log, the logits."""
 
@@ -92,6 +120,8 @@ class Learner(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.network = network
+        self.loss_fn = create_loss(cfg.loss)
+        self.rebalancer = TwoStageRebalance(cfg.rebalance) if cfg.rebalance else None
         self.memory = ExemplarMemory(memory_cfg) if memory_cfg.enabled else None
         self.old_network: IncrementalNet | None = None
         self.register_buffer("class_means", torch.zeros(0, network.feature_dim))
@@ -112,14 +142,30 @@ class Learner(nn.Module):
             return new
         return torch.cat([new, self.memory.indices()])
 
+    def before_training(self, ctx: TaskContext, indices: torch.Tensor) -> None:
+        """Before the first epoch: tell the loss the class counts of the data it trains on."""
+        counts = torch.bincount(ctx.train.targets_cpu[indices], minlength=self.num_seen_classes)
+        self.loss_fn.set_class_counts(counts)
+
+    def before_epoch(self, epoch: int, epochs: int) -> None:
+        """Before each epoch (deferred re-weighting, curricula)."""
+        self.loss_fn.set_epoch(epoch, epochs)
+
     def training_step(self, batch: Batch) -> StepOutput:
-        """Cross-entropy over every seen class."""
-        logits = self.network(batch.x)
-        loss = F.cross_entropy(logits, batch.y)
-        return StepOutput(loss, {"ce": loss.detach()}, logits)
+        """The classification loss (``learner.loss``, cross-entropy by default) over every seen
+        class."""
+        features, logits = self.forward_train(batch.x)
+        loss = self.classification_loss(logits, batch.y, features)
+        return StepOutput(loss, {"cls": loss.detach()}, logits)
 
     def after_step(self) -> None:
         """Called after each optimiser step."""
+
+    def stages(self, ctx: TaskContext, indices: torch.Tensor) -> list[TrainingStage]:
+        """Extra training stages after ``after_task`` (two-stage rebalancing when configured)."""
+        if self.rebalancer is None:
+            return []
+        return [self.rebalancer.stage(self, ctx)]
 
     def after_task(self, ctx: TaskContext) -> None:
         """Keep the old network if asked; update the exemplar memory and class means."""
@@ -133,7 +179,7 @@ class Learner(nn.Module):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """CNN logits, and nearest-mean-of-exemplars scores when class means exist."""
         features = self.network.forward_features(x)
-        out = {"cnn": self.network.forward_head(features)}
+        out = {"cnn": self.loss_fn.adjust_logits(self.network.forward_head(features))}
         if len(self.class_means) == self.num_seen_classes and self.num_seen_classes:
             out["nme"] = nme_logits(features.float(), self.class_means)
         return out
@@ -143,6 +189,17 @@ class Learner(nn.Module):
         return [p for p in self.network.parameters() if p.requires_grad]
 
     # ---- shared helpers ------------------------------------------------------------------------
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits of the network being trained."""
+        features = self.network.forward_features(x)
+        return features, self.network.forward_head(features)
+
+    def classification_loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The configured classification loss (``learner.loss``)."""
+        return self.loss_fn(logits, targets, features if self.loss_fn.needs_features else None)
+
     def features_fn(self, ctx: TaskContext, flip: bool = False):
         """Feature extractor over training-split positions, in eval mode."""
 

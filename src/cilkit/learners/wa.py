@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from cilkit.config.schema import LearnerConfig
 from cilkit.engine.data import Batch
@@ -52,8 +51,8 @@ class WA(Learner):
     keeps_old_network = True
 
     def training_step(self, batch: Batch) -> StepOutput:
-        logits = self.network(batch.x)
-        ce = F.cross_entropy(logits, batch.y)
+        features, logits = self.forward_train(batch.x)
+        ce = self.classification_loss(logits, batch.y, features)
         if self.old_network is None:
             return StepOutput(ce, {"ce": ce.detach()}, logits)
         kd = kd_loss(

@@ -1,5 +1,40 @@
-"""Losses: distillation now; long-tail losses and regularisers register here later."""
+"""Losses: distillation, and classification losses registered by import (cross-entropy and the
+long-tail losses)."""
 
+from cilkit.losses.base import (
+    LOSSES,
+    ClassificationLoss,
+    LossConfig,
+    create_loss,
+    effective_number_weights,
+    register_loss,
+)
 from cilkit.losses.distillation import kd_loss
+from cilkit.losses.long_tail import (
+    BalancedSoftmaxLoss,
+    ClassBalancedLoss,
+    FeatureBalancedLoss,
+    FocalLoss,
+    GMLLoss,
+    LADELoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+)
 
-__all__ = ["kd_loss"]
+__all__ = [
+    "LOSSES",
+    "BalancedSoftmaxLoss",
+    "ClassBalancedLoss",
+    "ClassificationLoss",
+    "FeatureBalancedLoss",
+    "FocalLoss",
+    "GMLLoss",
+    "LADELoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
+    "LossConfig",
+    "create_loss",
+    "effective_number_weights",
+    "kd_loss",
+    "register_loss",
+]

@@ -1,4 +1,4 @@
-"""Metrics as pure functions: per-evaluation classification metrics and whole-run CIL metrics.
+"""Metrics as pure functions: per-evaluation classification, long-tail and whole-run CIL metrics.
 
 Accuracies are percentages in ``[0, 100]``; every function returns plain Python values (except
 :func:`confusion_matrix`, a tensor) so results can be written to JSON directly.
@@ -23,8 +23,19 @@ from cilkit.metrics.incremental import (
     forgetting_per_task,
     last_accuracy,
 )
+from cilkit.metrics.long_tail import (
+    RECALL_FLOOR,
+    gm_recall,
+    group_accuracy,
+    hm_recall,
+    long_tail_metrics,
+    lowest_recall,
+    per_class_recall,
+    shot_groups,
+)
 
 __all__ = [
+    "RECALL_FLOOR",
     "accuracy",
     "accuracy_on",
     "accuracy_per_task",
@@ -34,8 +45,15 @@ __all__ = [
     "confusion_matrix",
     "forgetting",
     "forgetting_per_task",
+    "gm_recall",
+    "group_accuracy",
+    "hm_recall",
     "last_accuracy",
+    "long_tail_metrics",
+    "lowest_recall",
     "old_new_accuracy",
     "per_class_accuracy",
+    "per_class_recall",
+    "shot_groups",
     "topk_accuracy",
 ]

@@ -1,4 +1,4 @@
-"""PNG plots of incremental runs: accuracy curves, accuracy matrices and run comparisons.
+"""PNG plots of incremental runs: accuracy curves, matrices, run comparisons, per-class accuracy.
 
 Matplotlib is imported lazily inside each function and drawn through the Agg canvas directly
 (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``): pyplot is never imported and no global
@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_accuracy_curve", "plot_accuracy_matrix", "plot_comparison"]
+__all__ = [
+    "plot_accuracy_curve",
+    "plot_accuracy_matrix",
+    "plot_comparison",
+    "plot_per_class_accuracy",
+]
 
 _DPI = 120
 _MAX_TICKS = 20
@@ -217,6 +222,118 @@ def plot_accuracy_matrix(
     ax.set_xticks(range(0, num_cols, step_c))
     ax.set_ylabel("trained up to task")
     ax.set_xlabel("evaluated on task")
+    if title:
+        ax.set_title(title)
+    return _save_png(fig, path)
+
+
+_SHOT_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+
+
+def plot_per_class_accuracy(
+    recalls: Sequence[float | None],
+    train_counts: Sequence[int],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    many_threshold: int = 100,
+    few_threshold: int = 20,
+) -> Path:
+    """Plot per-class accuracy against training frequency, the usual long-tail diagnostic.
+
+    Classes are sorted by their number of training images, most frequent first (ties by class
+    id). Bars give each class's accuracy (recall) and are coloured by shot group, whose regions
+    are shaded: many-shot (more than ``many_threshold`` training images), medium-shot and few-shot
+    (fewer than ``few_threshold``), as in :func:`cilkit.metrics.shot_groups`. A line on a secondary
+    log-scale axis gives the training counts. A class without test samples (``None``) has no bar
+    and a grey cross at the bottom.
+
+    Args:
+        recalls: per-class accuracy in percent for classes ``0 .. C - 1``; ``None`` is missing.
+        train_counts: number of training images of each class (``C`` entries, ``>= 0``).
+        path: where to write the PNG; parent folders are created.
+        title: optional title.
+        many_threshold: classes with strictly more training images are many-shot.
+        few_threshold: classes with strictly fewer training images are few-shot.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: if there is no class, the two sequences differ in length, a count is negative
+            or ``few_threshold > many_threshold``.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    from cilkit.metrics.long_tail import shot_groups
+
+    values = _as_values(list(recalls), "recalls")
+    counts = [int(c) for c in train_counts]
+    if not values:
+        raise ValueError("no class to plot")
+    if len(counts) != len(values):
+        raise ValueError(f"{len(values)} recalls but {len(counts)} training counts")
+    groups = shot_groups(counts, many_threshold, few_threshold)  # validates counts, thresholds
+    group_of = {c: name for name, members in groups.items() for c in members}
+
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    xs = list(range(len(order)))
+    ys = [values[c] for c in order]
+    colours = [_SHOT_COLOURS[group_of[c]] for c in order]
+
+    num = len(order)
+    fig = _new_figure(min(16.0, max(7.0, 4.0 + 0.06 * num)), 4.5)
+    ax = fig.add_subplot()
+    handles: list[Any] = []
+
+    # shaded group regions: sorted by count, each group is one contiguous run of positions
+    for name in ("many", "medium", "few"):
+        positions = [x for x, c in zip(xs, order, strict=True) if group_of[c] == name]
+        if not positions:
+            continue
+        colour = _SHOT_COLOURS[name]
+        ax.axvspan(min(positions) - 0.5, max(positions) + 0.5, color=colour, alpha=0.08, lw=0)
+        handles.append(Patch(color=colour, alpha=0.8, label=f"{name}-shot ({len(positions)})"))
+
+    shown = [x for x, y in zip(xs, ys, strict=True) if not math.isnan(y)]
+    ax.bar(
+        shown,
+        [ys[x] for x in shown],
+        width=0.8 if num <= 100 else 1.0,
+        color=[colours[x] for x in shown],
+        linewidth=0,
+    )
+    missing = [x for x, y in zip(xs, ys, strict=True) if math.isnan(y)]
+    if missing:
+        ax.plot(missing, [0.0] * len(missing), "x", color="grey", clip_on=False, zorder=3)
+        handles.append(
+            Line2D([], [], marker="x", color="grey", linestyle="", label="no test samples")
+        )
+
+    ax.set_xlim(-0.5, num - 0.5)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("Accuracy (%)")
+    ax.grid(True, axis="y", alpha=0.3)
+    if num <= 2 * _MAX_TICKS:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(c) for c in order], fontsize=7 if num > _MAX_TICKS else None)
+        ax.set_xlabel("Class id, sorted by number of training images")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("Class rank by number of training images")
+
+    twin = ax.twinx()
+    sorted_counts = [float(counts[c]) for c in order]
+    positive = any(c > 0 for c in sorted_counts)
+    if positive:  # a log axis cannot show zero counts: they leave a gap
+        twin.set_yscale("log")
+        sorted_counts = [c if c > 0 else math.nan for c in sorted_counts]
+    twin.plot(xs, sorted_counts, color="black", linewidth=1.2, marker="." if num <= 100 else None)
+    twin.set_ylabel("Training images" + (" (log scale)" if positive else ""))
+    handles.append(Line2D([], [], color="black", linewidth=1.2, label="training images"))
+
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
     if title:
         ax.set_title(title)
     return _save_png(fig, path)

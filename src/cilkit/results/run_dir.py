@@ -94,6 +94,18 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 f"{prefix}task_accuracy": accs,
             }
         )
+    lt_keys = (
+        "many_accuracy",
+        "medium_accuracy",
+        "few_accuracy",
+        "gm_recall",
+        "hm_recall",
+        "lowest_recall",
+        "per_class_recall",
+        "train_class_counts",
+    )
+    if records:
+        summary.update({k: records[-1][k] for k in lt_keys if k in records[-1]})
     summary["num_seen_classes"] = [r["num_seen_classes"] for r in records]
     summary["train_seconds"] = sum(r.get("train_seconds", 0.0) for r in records)
     return summary

@@ -7,5 +7,14 @@ from cilkit.scenarios.class_incremental import (
     resolve_class_order,
     task_increments,
 )
+from cilkit.scenarios.long_tail import LongTailProfile, apply_long_tail
 
-__all__ = ["ClassIncremental", "TaskInfo", "TaskSet", "resolve_class_order", "task_increments"]
+__all__ = [
+    "ClassIncremental",
+    "LongTailProfile",
+    "TaskInfo",
+    "TaskSet",
+    "apply_long_tail",
+    "resolve_class_order",
+    "task_increments",
+]

@@ -1,0 +1,187 @@
+"""Epoch samplers: the order (and, for resampling, the multiset) of training samples per epoch.
+
+A sampler maps the remapped labels of the samples a task trains on to positions into them for
+one epoch; the on-device data path then gathers, augments and (under torchrun) shards batches
+of those positions as usual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cilkit.config.schema import FieldError, SamplerConfig
+from cilkit.registry import Registry
+
+
+class Sampler:
+    """Instance-balanced sampling: every sample once per epoch, in random order.
+
+    Args:
+        cfg: this sampler's config.
+    """
+
+    config_cls: type[SamplerConfig] = SamplerConfig
+
+    def __init__(self, cfg: SamplerConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Positions into ``targets`` (CPU int64) for one epoch."""
+        return torch.randperm(len(targets), generator=generator)
+
+
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
+
+
+def register_sampler(name: str):
+    """Register a Sampler subclass under ``name`` with its ``config_cls``."""
+
+    def decorator(cls: type[Sampler]) -> type[Sampler]:
+        return SAMPLERS.register(name, config=cls.config_cls)(cls)
+
+    return decorator
+
+
+register_sampler("instance")(Sampler)
+
+
+def create_sampler(cfg: SamplerConfig) -> Sampler:
+    """Build the sampler named ``cfg.name``."""
+    return SAMPLERS.get(cfg.name).obj(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class-rebalancing samplers
+# ---------------------------------------------------------------------------------------------
+
+
+def _class_index(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class index 0..K-1 of each sample, samples per class) for arbitrary integer labels."""
+    _, inverse, counts = torch.unique(targets.cpu(), return_inverse=True, return_counts=True)
+    return inverse, counts
+
+
+def _resample(
+    targets: torch.Tensor,
+    class_mass: torch.Tensor,
+    inverse: torch.Tensor,
+    counts: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Draw ``len(targets)`` positions with replacement so class ``c`` has probability
+    proportional to ``class_mass[c]``, uniformly within the class."""
+    per_sample = (class_mass.double() / counts.double())[inverse]
+    return torch.multinomial(per_sample, len(targets), replacement=True, generator=generator)
+
+
+@register_sampler("class_balanced")
+class ClassBalancedSampler(Sampler):
+    """Class-balanced resampling: each class equally likely (p_i proportional to 1/n_y).
+
+    ``len(targets)`` positions are drawn with replacement; a sample of class ``y`` has probability
+    ``1 / (K n_y)`` for ``K`` classes, so every class is drawn about ``len / K`` times (Kang et
+    al., ICLR 2020, "Decoupling representation and classifier", class-balanced sampling).
+    """
+
+    def __call__(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if len(targets) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        inverse, counts = _class_index(targets)
+        return _resample(targets, torch.ones(len(counts)), inverse, counts, generator)
+
+
+@register_sampler("sqrt")
+class SquareRootSampler(Sampler):
+    """Square-root resampling: class frequency proportional to sqrt(n_c), with replacement.
+
+    Class ``c`` is drawn with probability ``sqrt(n_c) / sum_k sqrt(n_k)``, uniformly within the
+    class (Mahajan et al., ECCV 2018; Kang et al., ICLR 2020); ``len(targets)`` positions.
+    """
+
+    def __call__(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if len(targets) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        inverse, counts = _class_index(targets)
+        return _resample(targets, counts.double().sqrt(), inverse, counts, generator)
+
+
+@dataclass(frozen=True)
+class EffectiveNumberSamplerConfig(SamplerConfig):
+    """Effective-number sampler options."""
+
+    name: str = "effective_number"
+    beta: float = 0.9999
+    """Beta of the effective number; a sample of class c is drawn with probability proportional
+    to (1 - beta) / (1 - beta^n_c)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.beta < 1:
+            raise FieldError("beta", "must be in [0, 1)")
+
+
+@register_sampler("effective_number")
+class EffectiveNumberSampler(Sampler):
+    """Effective-number resampling: sample weight (1-beta)/(1-beta^n_y), with replacement.
+
+    The class-balanced weight of Cui et al. (CVPR 2019) used as a sampling rate instead of a loss
+    weight: each sample of class ``y`` is drawn with probability proportional to
+    ``w_y = (1 - beta) / (1 - beta^{n_y})``, so class ``c`` gets a share proportional to
+    ``n_c w_c = n_c / E_c`` (``E_c`` its effective number) and, in expectation, an epoch weights
+    the samples exactly like the class-balanced loss. ``beta = 0`` is instance-balanced
+    (shares proportional to ``n_c``), ``beta -> 1`` class-balanced (equal shares); values in
+    between interpolate. ``len(targets)`` positions.
+
+    Args:
+        cfg: an :class:`EffectiveNumberSamplerConfig`.
+    """
+
+    config_cls = EffectiveNumberSamplerConfig
+    cfg: EffectiveNumberSamplerConfig
+
+    def __call__(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if len(targets) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        inverse, counts = _class_index(targets)
+        n = counts.double()
+        weight = (1.0 - self.cfg.beta) / (1.0 - torch.pow(self.cfg.beta, n))
+        return _resample(targets, n * weight, inverse, counts, generator)
+
+
+@register_sampler("class_aware")
+class ClassAwareSampler(Sampler):
+    """Class-aware round-robin sampling (Shen et al., ECCV 2016): cycle classes, next sample each.
+
+    The epoch is a sequence of cycles; each cycle visits every class once in a freshly shuffled
+    order and takes that class's next sample from its own shuffled list, which is reshuffled
+    whenever it is exhausted. Each aligned block of ``K`` positions (``K`` classes) therefore holds
+    one sample of every class; the epoch has ``len(targets)`` positions (the last cycle may be
+    partial). Fully vectorised: per-class lists are built with two stable sorts.
+    """
+
+    def __call__(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        length = len(targets)
+        if length == 0:
+            return torch.zeros(0, dtype=torch.long)
+        inverse, counts = _class_index(targets)
+        k = len(counts)
+        cycles = -(-length // k)
+        # Class visited at each position: one random permutation of the classes per cycle.
+        order = torch.rand(cycles, k, generator=generator).argsort(dim=1).flatten()[:length]
+        # Occurrence r of class c is position r of the concatenation of ceil(cycles / n_c)
+        # independent shuffles of that class's samples. Build all those shuffles at once: each
+        # sample is repeated once per round of its class, then entries are sorted by
+        # (class, round) with random order inside each group.
+        rounds = -(-cycles // counts)  # per class
+        reps = rounds[inverse]
+        sample = torch.repeat_interleave(torch.arange(length), reps)
+        group_start = torch.cumsum(reps, 0) - reps
+        round_of = torch.arange(len(sample)) - torch.repeat_interleave(group_start, reps)
+        key = inverse[sample] * int(rounds.max()) + round_of
+        shuffle = torch.randperm(len(sample), generator=generator)
+        ordered = shuffle[torch.sort(key[shuffle], stable=True).indices]
+        lists = sample[ordered]
+        class_start = torch.cumsum(counts * rounds, 0) - counts * rounds
+        occurrence = torch.arange(length) // k
+        return lists[class_start[order] + occurrence]

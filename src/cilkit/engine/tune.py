@@ -1,0 +1,205 @@
+"""Plug-in classifier tuning (Du & Wu, "No One Left Behind", CVPR 2023): re-train the classifier
+of a finished run on frozen features with another loss (GML by default), optionally ensembling
+the old and new classifiers' softmax outputs with temperatures.
+
+Saved as a new run directory whose ``summary.json`` holds the metrics of the original
+classifier (``before``), the re-trained one (``after``) and, if asked, the ``ensemble``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cilkit.config import build_config, dump_config, load_config
+from cilkit.config.schema import OptimConfig
+from cilkit.engine.checkpoint import latest_checkpoint, load_checkpoint
+from cilkit.engine.data import Batch
+from cilkit.engine.distributed import Distributed
+from cilkit.engine.evaluate import task_metrics
+from cilkit.engine.logger import RunLogger
+from cilkit.engine.progress import Progress
+from cilkit.engine.runtime import autocast_dtype
+from cilkit.engine.trainer import Trainer
+from cilkit.errors import CheckpointError
+from cilkit.learners import StepOutput, TaskContext
+from cilkit.learners.base import TrainingStage
+from cilkit.losses import create_loss
+from cilkit.results.io import atomic_write_json
+from cilkit.results.run_dir import RunDirectory
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What ``cilkit tune`` re-trains and how."""
+
+    loss: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "gml"})
+    freeze: str = "backbone"
+    """backbone: train the classifier on frozen features; none: fine-tune everything."""
+    epochs: int = 10
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    ensemble: bool = False
+    t_new: float = 1.0
+    """Temperature of the re-trained classifier's softmax in the ensemble."""
+    t_old: float = 1.0
+    """Temperature of the original classifier's softmax in the ensemble."""
+
+
+def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: Any = "stdout"):
+    """Re-train the classifier of the finished run in ``source_dir`` into ``out_dir``."""
+    source = RunDirectory(source_dir)
+    if not source.config_path.exists():
+        raise CheckpointError(f"--from {source.path}: not a run directory (no config.yaml)")
+    cfg = load_config(source.config_path)
+    loss_cfg = build_config({"learner": {"name": cfg.learner.name, "loss": opts.loss}}).learner.loss
+    trainer = Trainer(cfg, out_dir, source=str(source.config_path), log=log)
+    s = trainer.setup()
+    path = latest_checkpoint(source.path / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"--from {source.path}: the run has no checkpoint")
+    state = load_checkpoint(path)
+    if state.get("partial") is not None or state["next_task"] != s.train_scenario.num_tasks:
+        raise CheckpointError(f"--from {source.path}: the run has not finished all its tasks")
+    learner = s.learner
+    learner.load_state_dict(state["learner"])
+    trainer._to_device(learner, s.device)
+    t = s.train_scenario.num_tasks - 1
+    info = s.train_scenario.task_info(t)
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    ctx = TaskContext(info, s.train, gen, cfg.train.eval_batch_size)
+    indices = learner.train_indices(ctx)
+    if learner.memory is not None:
+        indices = torch.unique(torch.cat([ctx.new_indices(), learner.memory.indices()]))
+
+    amp = autocast_dtype(cfg.engine, s.device)
+    seen = s.test_scenario[: t + 1]
+    old_head = copy.deepcopy(learner.network.head)
+    before = _scores(learner, old_head, s, seen.indices, cfg.train.eval_batch_size)
+
+    network = learner.network
+    new_loss = create_loss(loss_cfg).to(s.device)
+    new_loss.set_class_counts(
+        torch.bincount(s.train.targets_cpu[indices], minlength=info.num_seen_classes)
+    )
+    if opts.freeze == "backbone":
+        params = [p for p in network.head.parameters() if p.requires_grad]
+    else:
+        params = [p for p in network.parameters() if p.requires_grad]
+
+    def step(batch: Batch) -> StepOutput:
+        if opts.freeze == "backbone":
+            with torch.no_grad():
+                features = network.forward_features(batch.x)
+        else:
+            features = network.forward_features(batch.x)
+        logits = network.forward_head(features)
+        loss = new_loss(logits, batch.y, features if new_loss.needs_features else None)
+        return StepOutput(loss, {"tune": loss.detach()}, logits)
+
+    epochs = opts.epochs
+
+    def before_epoch(epoch: int) -> None:
+        new_loss.set_epoch(epoch, epochs)
+        if opts.freeze == "backbone":
+            network.backbone.eval()
+
+    stage = TrainingStage(
+        name=f"tune ({loss_cfg.name})",
+        parameters=params,
+        epochs=epochs,
+        optim=OptimConfig(lr=opts.lr, weight_decay=opts.weight_decay, scheduler="cosine"),
+        step=step,
+        before_epoch=before_epoch,
+    )
+    run = RunDirectory(out_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    trainer.logger = RunLogger(run.path, cfg.engine.tensorboard)
+    gens = {
+        "shuffle": torch.Generator().manual_seed(cfg.seed + 8),
+        "augment": torch.Generator(device=s.device).manual_seed(cfg.seed + 9),
+    }
+    trainer._run_stage(
+        s, stage, t, indices, gens, amp, Progress(cfg.engine.progress), Distributed()
+    )
+    after = _scores(learner, network.head, s, seen.indices, cfg.train.eval_batch_size)
+
+    results = {"before": _metrics(before, seen, s, cfg), "after": _metrics(after, seen, s, cfg)}
+    if opts.ensemble:
+        probs = F.softmax(after[0] / opts.t_new, dim=1) + F.softmax(before[0] / opts.t_old, dim=1)
+        results["ensemble"] = _metrics((probs, after[1]), seen, s, cfg)
+    tuned_cfg = dataclasses.replace(
+        cfg, learner=dataclasses.replace(cfg.learner, loss=loss_cfg), name=f"{cfg.name}-tuned"
+    )
+    run.write_config(dump_config(tuned_cfg))
+    final = results["ensemble" if opts.ensemble else "after"]
+    run.write_metrics([{"task_id": t, "num_seen_classes": info.num_seen_classes, **final}])
+    summary = {
+        "tuned_from": str(source.path),
+        "tune": dataclasses.asdict(opts),
+        **{f"{k}": v for k, v in results.items()},
+    }
+    atomic_write_json(run.summary_path, summary)
+    trainer._print(_report(results))
+    trainer.logger.close()
+    return summary
+
+
+@torch.no_grad()
+def _scores(learner, head, s, indices, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``head`` on the test samples at ``indices`` and their targets (CPU)."""
+    network = learner.network
+    was = network.training
+    network.eval()
+    logits, targets = [], []
+    for batch in s.test.eval_batches(indices, batch_size):
+        logits.append(
+            learner.loss_fn.adjust_logits(head(network.forward_features(batch.x))).float()
+        )
+        targets.append(batch.y)
+    network.train(was)
+    return torch.cat(logits).cpu(), torch.cat(targets).cpu()
+
+
+def _metrics(scores: tuple[torch.Tensor, torch.Tensor], seen, s, cfg) -> dict[str, Any]:
+    logits, targets = scores
+    k = min(5, logits.shape[1])
+    top5 = logits.topk(k, dim=1).indices
+    counts = s.train_counts[: seen.info.num_seen_classes]
+    sc = cfg.scenario
+    return task_metrics(
+        {"cnn": top5[:, 0]},
+        {"cnn": top5},
+        targets,
+        seen,
+        counts,
+        sc.many_threshold,
+        sc.few_threshold,
+    )
+
+
+def _report(results: dict[str, dict[str, Any]]) -> str:
+    keys = [
+        k
+        for k in (
+            "accuracy",
+            "many_accuracy",
+            "medium_accuracy",
+            "few_accuracy",
+            "gm_recall",
+            "hm_recall",
+            "lowest_recall",
+        )
+        if k in results["before"]
+    ]
+    lines = ["", f"{'':10}" + "".join(f"{k:>16}" for k in keys)]
+    for name, m in results.items():
+        vals = "".join(f"{m[k]:16.2f}" if m[k] is not None else f"{'-':>16}" for k in keys)
+        lines.append(f"{name:10}{vals}")
+    return "\n".join(lines)
