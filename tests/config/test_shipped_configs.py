@@ -12,6 +12,7 @@ from cilkit.config.validate import validate_experiment
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
 NUM_CLASSES = {
     "cifar100": 100,
+    "imagefolder": 100,
     "cifar10": 10,
     "digits": 10,
     "fashion_mnist": 10,
@@ -33,3 +34,15 @@ def test_published_protocol_values():
     assert cfg.train.init_epochs == 200 and cfg.train.epochs == 170
     assert cfg.optim.init_milestones == (60, 120, 170) and cfg.optim.milestones == (80, 120)
     assert cfg.optim.weight_decay == 2e-4 and cfg.optim.init_weight_decay == 5e-4
+
+
+def test_lt_cil_protocols():
+    lt = CONFIGS[0].parents[1] / "lt"
+    ordered = load_config(lt / "cifar100_lt_ordered_b50_10tasks_icarl_lws.yaml")
+    shuffled = load_config(lt / "cifar100_lt_shuffled_b50_5tasks_wa.yaml")
+    assert ordered.scenario.class_order_seed is None and shuffled.scenario.class_order_seed == 1993
+    assert ordered.scenario.increment == 5 and shuffled.scenario.increment == 10
+    assert ordered.scenario.long_tail.imb_factor == 100 and ordered.memory.memory_per_class == 20
+    assert ordered.learner.rebalance.method == "lws" and ordered.learner.rebalance.epochs == 30
+    assert shuffled.train.epochs == 160 and shuffled.optim.milestones == (80, 120)
+    assert shuffled.optim.weight_decay == 5e-4 and shuffled.learner.rebalance is None
