@@ -44,6 +44,18 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_class(self, name: str) -> Callable[[T], T]:
+        """Decorator registering a class under ``name`` with its ``config_cls`` attribute."""
+
+        def decorator(cls: T) -> T:
+            return self.register(name, config=getattr(cls, "config_cls", None))(cls)
+
+        return decorator
+
+    def create(self, cfg: Any) -> Any:
+        """Instantiate the class registered as ``cfg.name`` with its config."""
+        return self.get(cfg.name).obj(cfg)
+
     def get(self, name: str) -> Entry[T]:
         """The entry for ``name``; an unknown name is a one-line ConfigError with a suggestion."""
         try:

@@ -35,13 +35,7 @@ class Sampler:
 SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
 
 
-def register_sampler(name: str):
-    """Register a Sampler subclass under ``name`` with its ``config_cls``."""
-
-    def decorator(cls: type[Sampler]) -> type[Sampler]:
-        return SAMPLERS.register(name, config=cls.config_cls)(cls)
-
-    return decorator
+register_sampler = SAMPLERS.register_class
 
 
 register_sampler("instance")(Sampler)
@@ -49,7 +43,7 @@ register_sampler("instance")(Sampler)
 
 def create_sampler(cfg: SamplerConfig) -> Sampler:
     """Build the sampler named ``cfg.name``."""
-    return SAMPLERS.get(cfg.name).obj(cfg)
+    return SAMPLERS.create(cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -271,13 +271,7 @@ class Learner(nn.Module):
 LEARNERS: Registry[type[Learner]] = Registry("learner")
 
 
-def register_learner(name: str):
-    """Register a Learner subclass under ``name`` with its ``config_cls``."""
-
-    def decorator(cls: type[Learner]) -> type[Learner]:
-        return LEARNERS.register(name, config=cls.config_cls)(cls)
-
-    return decorator
+register_learner = LEARNERS.register_class
 
 
 def create_learner(

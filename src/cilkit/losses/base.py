@@ -79,13 +79,7 @@ def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
 LOSSES: Registry[type[ClassificationLoss]] = Registry("loss")
 
 
-def register_loss(name: str):
-    """Register a ClassificationLoss subclass under ``name`` with its ``config_cls``."""
-
-    def decorator(cls: type[ClassificationLoss]) -> type[ClassificationLoss]:
-        return LOSSES.register(name, config=cls.config_cls)(cls)
-
-    return decorator
+register_loss = LOSSES.register_class
 
 
 register_loss("ce")(ClassificationLoss)
@@ -93,4 +87,4 @@ register_loss("ce")(ClassificationLoss)
 
 def create_loss(cfg: LossConfig) -> ClassificationLoss:
     """Build the loss named ``cfg.name``."""
-    return LOSSES.get(cfg.name).obj(cfg)
+    return LOSSES.create(cfg)
