@@ -253,7 +253,7 @@ class Trainer:
         learner = create_learner(cfg.learner, network, cfg.memory)
         return Setup(dataset, train_scn, test_scn, train, test, learner, device)
 
-    def _to_device(self, learner: Learner, device: torch.device) -> None:
+    def to_device(self, learner: Learner, device: torch.device) -> None:
         learner.to(device)
         if self.cfg.engine.channels_last:
             learner.to(memory_format=torch.channels_last)
@@ -312,7 +312,7 @@ class Trainer:
                 resumed = partial if partial is not None and partial["task_id"] == t else None
                 if resumed is None:
                     s.learner.before_task(ctx)
-                self._to_device(s.learner, s.device)
+                self.to_device(s.learner, s.device)
                 indices = s.learner.train_indices(ctx)
                 s.learner.before_training(ctx, indices)
                 start = time.perf_counter()
@@ -321,9 +321,9 @@ class Trainer:
                 )
                 dist.sync_module(s.learner)
                 s.learner.after_task(ctx)
-                self._to_device(s.learner, s.device)
+                self.to_device(s.learner, s.device)
                 for stage in s.learner.stages(ctx, indices):
-                    self._run_stage(s, stage, t, indices, gens, amp, progress, dist)
+                    self.run_stage(s, stage, t, indices, gens, amp, progress, dist)
                 train_seconds = time.perf_counter() - start + (resumed or {}).get("seconds", 0.0)
                 seen = s.test_scenario[: t + 1]
                 top1, top5, targets = predict_split(
@@ -436,7 +436,7 @@ class Trainer:
             on_epoch_end=on_epoch_end,
         )
 
-    def _run_stage(
+    def run_stage(
         self,
         s: Setup,
         stage: TrainingStage,

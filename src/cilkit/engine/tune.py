@@ -69,7 +69,7 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
         raise CheckpointError(f"--from {source.path}: the run has not finished all its tasks")
     learner = s.learner
     learner.load_state_dict(state["learner"])
-    trainer._to_device(learner, s.device)
+    trainer.to_device(learner, s.device)
     t = s.train_scenario.num_tasks - 1
     info = s.train_scenario.task_info(t)
     gen = torch.Generator().manual_seed(cfg.seed + 7)
@@ -125,7 +125,7 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
         "shuffle": torch.Generator().manual_seed(cfg.seed + 8),
         "augment": torch.Generator(device=s.device).manual_seed(cfg.seed + 9),
     }
-    trainer._run_stage(
+    trainer.run_stage(
         s, stage, t, indices, gens, amp, Progress(cfg.engine.progress), Distributed()
     )
     after = _scores(learner, network.head, s, seen.indices, cfg.train.eval_batch_size)
