@@ -31,6 +31,7 @@ from cilkit.errors import CheckpointError
 from cilkit.learners import StepOutput, TaskContext
 from cilkit.learners.base import TrainingStage
 from cilkit.losses import create_loss
+from cilkit.metrics import LONG_TAIL_SCALARS
 from cilkit.results.io import atomic_write_json
 from cilkit.results.run_dir import RunDirectory
 
@@ -125,9 +126,7 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
         "shuffle": torch.Generator().manual_seed(cfg.seed + 8),
         "augment": torch.Generator(device=s.device).manual_seed(cfg.seed + 9),
     }
-    trainer.run_stage(
-        s, stage, t, indices, gens, amp, Progress(cfg.engine.progress), Distributed()
-    )
+    trainer.run_stage(s, stage, t, indices, gens, amp, Progress(cfg.engine.progress), Distributed())
     after = _scores(learner, network.head, s, seen.indices, cfg.train.eval_batch_size)
 
     results = {"before": _metrics(before, seen, s, cfg), "after": _metrics(after, seen, s, cfg)}
@@ -185,19 +184,7 @@ def _metrics(scores: tuple[torch.Tensor, torch.Tensor], seen, s, cfg) -> dict[st
 
 
 def _report(results: dict[str, dict[str, Any]]) -> str:
-    keys = [
-        k
-        for k in (
-            "accuracy",
-            "many_accuracy",
-            "medium_accuracy",
-            "few_accuracy",
-            "gm_recall",
-            "hm_recall",
-            "lowest_recall",
-        )
-        if k in results["before"]
-    ]
+    keys = [k for k in ("accuracy", *LONG_TAIL_SCALARS) if k in results["before"]]
     lines = ["", f"{'':10}" + "".join(f"{k:>16}" for k in keys)]
     for name, m in results.items():
         vals = "".join(f"{m[k]:16.2f}" if m[k] is not None else f"{'-':>16}" for k in keys)

@@ -24,6 +24,7 @@ from cilkit.metrics.incremental import (
     last_accuracy,
 )
 from cilkit.metrics.long_tail import (
+    LONG_TAIL_SCALARS,
     RECALL_FLOOR,
     gm_recall,
     group_accuracy,
@@ -35,6 +36,7 @@ from cilkit.metrics.long_tail import (
 )
 
 __all__ = [
+    "LONG_TAIL_SCALARS",
     "RECALL_FLOOR",
     "accuracy",
     "accuracy_on",

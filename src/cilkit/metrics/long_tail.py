@@ -37,6 +37,17 @@ RECALL_FLOOR = 1e-3
 """Floor (percent) that replaces zero recalls in :func:`gm_recall` and :func:`hm_recall`."""
 
 
+LONG_TAIL_SCALARS = (
+    "many_accuracy",
+    "medium_accuracy",
+    "few_accuracy",
+    "gm_recall",
+    "hm_recall",
+    "lowest_recall",
+)
+"""The scalar keys of :func:`long_tail_metrics` (it also returns two per-class lists)."""
+
+
 def per_class_recall(preds: Any, targets: Any, num_classes: int) -> list[float | None]:
     """Recall in percent of each class ``0 .. num_classes - 1``.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cilkit.metrics import (
+    LONG_TAIL_SCALARS,
     average_incremental_accuracy,
     backward_transfer,
     build_accuracy_matrix,
@@ -94,16 +95,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 f"{prefix}task_accuracy": accs,
             }
         )
-    lt_keys = (
-        "many_accuracy",
-        "medium_accuracy",
-        "few_accuracy",
-        "gm_recall",
-        "hm_recall",
-        "lowest_recall",
-        "per_class_recall",
-        "train_class_counts",
-    )
+    lt_keys = (*LONG_TAIL_SCALARS, "per_class_recall", "train_class_counts")
     if records:
         summary.update({k: records[-1][k] for k in lt_keys if k in records[-1]})
     summary["num_seen_classes"] = [r["num_seen_classes"] for r in records]
