@@ -29,27 +29,31 @@ def _learner_state(run_dir):
 
 
 @pytest.mark.parametrize("learner", ["icarl", "wa"])
-def test_lws_stage_changes_only_the_class_scale(tmp_path, learner):
-    plain = Trainer(cfg(f"learner.name={learner}"), tmp_path / "plain", log=None)
-    plain.fit(stop_after_task=1)
+def test_lws_stage_changes_only_the_class_scaling(tmp_path, learner):
     lws = Trainer(
         cfg(f"learner.name={learner}", "learner.rebalance={method: lws, epochs: 3}"),
         tmp_path / "lws",
         log=None,
     )
     lws.fit(stop_after_task=0)
-    plain2 = Trainer(cfg(f"learner.name={learner}"), tmp_path / "plain2", log=None)
-    plain2.fit(stop_after_task=0)
-    a, b = _learner_state(tmp_path / "plain2"), _learner_state(tmp_path / "lws")
+    plain = Trainer(cfg(f"learner.name={learner}"), tmp_path / "plain", log=None)
+    plain.fit(stop_after_task=0)
+    a, b = _learner_state(tmp_path / "plain"), _learner_state(tmp_path / "lws")
     assert set(a) == set(b)
-    for key in a:
-        if key.startswith("_extra_state") or key.startswith("loss_fn"):
+    scale = b["network.head.bias"] / a["network.head.bias"]
+    assert not torch.allclose(scale, torch.ones(5))  # a scaling was learned ...
+    assert torch.allclose(b["network.head.weight"], a["network.head.weight"] * scale[:, None])
+    for key in a:  # ... and nothing else changed
+        if key.startswith(("_extra_state", "loss_fn", "network.head.weight", "network.head.bias")):
             continue
-        if key == "network.head.class_scale":
-            assert torch.equal(a[key], torch.ones(5))
-            assert not torch.equal(b[key], torch.ones(5))
-        else:
-            assert torch.equal(a[key], b[key]), key
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_lws_with_cosine_head_uses_class_scale(tmp_path):
+    c = cfg("backbone.head=cosine", "learner.rebalance={method: lws, epochs: 2}")
+    Trainer(c, tmp_path, log=None).fit(stop_after_task=0)
+    state = _learner_state(tmp_path)
+    assert not torch.equal(state["network.head.class_scale"], torch.ones(5))
 
 
 def test_crt_retrains_the_classifier_only(tmp_path):

@@ -2,7 +2,8 @@
 Learning", ECCV 2022): after a task's normal training, a class-balanced stage on frozen features.
 
 - ``lws`` (learnable weight scaling): learns one scale per class on the classifier's logits and
-  multiplies it into the head's ``class_scale``; nothing else changes.
+  folds it into the linear head's rows (weight and bias; a cosine head keeps it in its
+  ``class_scale``); nothing else changes.
 - ``crt`` (classifier re-training, Kang et al. 2020): re-initialises the classifier and trains it.
 
 Any learner turns it on with ``learner.rebalance``; the engine runs the stage it returns.
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cilkit.backbones.heads import ExpandableLinear
 from cilkit.config.schema import OptimConfig, RebalanceConfig, SamplerConfig
 
 if TYPE_CHECKING:
@@ -63,8 +65,15 @@ class TwoStageRebalance:
                 return StepOutput(loss, {"lws": loss.detach()}, logits)
 
             def finish() -> None:
+                learned = scale.detach()
                 with torch.no_grad():
-                    head.class_scale.mul_(scale.detach().to(head.class_scale.dtype))
+                    if isinstance(head, ExpandableLinear):
+                        # Fold into the rows, so later weight-norm methods (WA) see the scaling.
+                        head.weight.mul_(learned[:, None].to(head.weight.dtype))
+                        if head.bias is not None:
+                            head.bias.mul_(learned.to(head.bias.dtype))
+                    else:  # a cosine head normalises its rows: keep the scale beside them
+                        head.class_scale.mul_(learned.to(head.class_scale.dtype))
 
             params = [scale]
         else:
