@@ -7,27 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from pngcheck import PNG_SIGNATURE, assert_png  # noqa: F401
 
 from cilkit.results.plots import plot_per_class_accuracy
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path: Path) -> None:
-    """``path`` is the only file in its folder, a non-empty PNG of a sensible size."""
-    assert path.is_file()
-    data = path.read_bytes()
-    assert len(data) > 1000
-    assert data[:8] == PNG_SIGNATURE
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        width, height = image.size
-    assert 200 <= width <= 5000
-    assert 200 <= height <= 5000
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp leftovers
 
 
 def _exp_counts(num_classes: int, n_max: int, imb: float) -> list[int]:
