@@ -307,65 +307,12 @@ class Trainer:
                 self._print(_table_row(r))
         with _InterruptHandler() as interrupt:
             for t in range(start_task, s.train_scenario.num_tasks):
-                info = s.train_scenario.task_info(t)
-                ctx = TaskContext(info, s.train, gens["learner"], cfg.train.eval_batch_size)
-                resumed = partial if partial is not None and partial["task_id"] == t else None
-                if resumed is None:
-                    s.learner.before_task(ctx)
-                self.to_device(s.learner, s.device)
-                indices = s.learner.train_indices(ctx)
-                s.learner.before_training(ctx, indices)
-                start = time.perf_counter()
-                loss = self._train_task(
-                    s, t, indices, gens, amp, progress, resumed, records, interrupt, dist
+                record = self._run_task(
+                    s, t, gens, amp, progress, partial, records, interrupt, dist
                 )
-                dist.sync_module(s.learner)
-                s.learner.after_task(ctx)
-                self.to_device(s.learner, s.device)
-                for stage in s.learner.stages(ctx, indices):
-                    self.run_stage(s, stage, t, indices, gens, amp, progress, dist)
-                train_seconds = time.perf_counter() - start + (resumed or {}).get("seconds", 0.0)
-                seen = s.test_scenario[: t + 1]
-                top1, top5, targets = predict_split(
-                    s.learner, s.test, seen.indices, cfg.train.eval_batch_size, amp
-                )
-                record = {
-                    "task_id": t,
-                    "num_seen_classes": info.num_seen_classes,
-                    "num_new_classes": info.num_new_classes,
-                    **task_metrics(
-                        top1,
-                        top5,
-                        targets,
-                        seen,
-                        s.train_counts[: info.num_seen_classes],
-                        cfg.scenario.many_threshold,
-                        cfg.scenario.few_threshold,
-                    ),
-                    "train_loss": loss,
-                    "num_train_samples": len(indices),
-                    "memory_size": len(s.learner.memory) if s.learner.memory is not None else 0,
-                    "train_seconds": round(train_seconds, 3),
-                }
-                records.append(record)
-                self._checkpoint(
-                    s, gens, records, f"task-{t:03d}", task_id=t + 1, main=main_process
-                )
-                if main_process:
-                    self.run.write_metrics(records)
-                dist.barrier()
-                if t == 0 or (resume and len(records) == 1):
+                if len(records) == 1:  # the first row of this run's table
                     self._print(_table_header())
                 self._print(_table_row(record))
-                self.logger.scalars(
-                    {
-                        "accuracy/cnn": record["accuracy"],
-                        "accuracy/nme": record.get("accuracy_nme"),
-                        "accuracy/old": record["old_accuracy"],
-                        "accuracy/new": record["new_accuracy"],
-                    },
-                    info.num_seen_classes,
-                )
                 last = t == s.train_scenario.num_tasks - 1
                 if not last and (stop_after_task == t or interrupt.requested):
                     self._print(
@@ -568,6 +515,77 @@ class Trainer:
                 )
         bar.close()
         return mean_loss
+
+    def _run_task(
+        self,
+        s: Setup,
+        t: int,
+        gens: dict[str, torch.Generator],
+        amp: torch.dtype | None,
+        progress: Progress,
+        partial: dict[str, Any] | None,
+        records: list[dict[str, Any]],
+        interrupt: _InterruptHandler,
+        dist: Distributed,
+    ) -> dict[str, Any]:
+        """One task: hooks, training, extra stages, evaluation, checkpoint; returns its record."""
+        cfg = self.cfg
+        main_process = dist.rank == 0
+        info = s.train_scenario.task_info(t)
+        ctx = TaskContext(info, s.train, gens["learner"], cfg.train.eval_batch_size)
+        resumed = partial if partial is not None and partial["task_id"] == t else None
+        if resumed is None:
+            s.learner.before_task(ctx)
+        self.to_device(s.learner, s.device)
+        indices = s.learner.train_indices(ctx)
+        s.learner.before_training(ctx, indices)
+        start = time.perf_counter()
+        loss = self._train_task(
+            s, t, indices, gens, amp, progress, resumed, records, interrupt, dist
+        )
+        dist.sync_module(s.learner)
+        s.learner.after_task(ctx)
+        self.to_device(s.learner, s.device)
+        for stage in s.learner.stages(ctx, indices):
+            self.run_stage(s, stage, t, indices, gens, amp, progress, dist)
+        train_seconds = time.perf_counter() - start + (resumed or {}).get("seconds", 0.0)
+        seen = s.test_scenario[: t + 1]
+        top1, top5, targets = predict_split(
+            s.learner, s.test, seen.indices, cfg.train.eval_batch_size, amp
+        )
+        record = {
+            "task_id": t,
+            "num_seen_classes": info.num_seen_classes,
+            "num_new_classes": info.num_new_classes,
+            **task_metrics(
+                top1,
+                top5,
+                targets,
+                seen,
+                s.train_counts[: info.num_seen_classes],
+                cfg.scenario.many_threshold,
+                cfg.scenario.few_threshold,
+            ),
+            "train_loss": loss,
+            "num_train_samples": len(indices),
+            "memory_size": len(s.learner.memory) if s.learner.memory is not None else 0,
+            "train_seconds": round(train_seconds, 3),
+        }
+        records.append(record)
+        self._checkpoint(s, gens, records, f"task-{t:03d}", task_id=t + 1, main=main_process)
+        if main_process:
+            self.run.write_metrics(records)
+        dist.barrier()
+        self.logger.scalars(
+            {
+                "accuracy/cnn": record["accuracy"],
+                "accuracy/nme": record.get("accuracy_nme"),
+                "accuracy/old": record["old_accuracy"],
+                "accuracy/new": record["new_accuracy"],
+            },
+            info.num_seen_classes,
+        )
+        return record
 
     # ---- checkpoints -------------------------------------------------------------------------------
     @property
