@@ -8,13 +8,14 @@ import os
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cilkit.config.schema import DataConfig
+from cilkit.data.download import check_md5, download_url, extract_archive
 from cilkit.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,25 @@ CACHE_DIR = ".cilkit_cache"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def find_or_fetch(
+    root: Path, find: Callable[[], Path | None], url: str, md5: str, download: bool
+) -> Path | None:
+    """``find()``, else extract ``root/<archive>`` (MD5-checked) or, with ``download``, fetch it
+    from ``url`` and extract it, then ``find()`` again."""
+    folder = find()
+    if folder is not None:
+        return folder
+    archive = root / url.rsplit("/", 1)[-1]
+    if archive.is_file():
+        check_md5(archive, md5)
+    elif download:
+        download_url(url, archive, md5=md5)
+    else:
+        return None
+    extract_archive(archive, root)
+    return find()
 
 
 def resolve_root(cfg: DataConfig) -> Path:

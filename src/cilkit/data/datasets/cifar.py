@@ -12,8 +12,7 @@ import numpy as np
 
 from cilkit.config.schema import DataConfig
 from cilkit.data.base import DatasetSplits, ImageSet, register_dataset
-from cilkit.data.datasets._common import int64_labels, resolve_root, uint8_images
-from cilkit.data.download import check_md5, download_url, extract_archive
+from cilkit.data.datasets._common import find_or_fetch, int64_labels, resolve_root, uint8_images
 from cilkit.errors import DatasetError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -202,17 +201,7 @@ def _locate(
                 return folder
         return None
 
-    folder = find()
-    if folder is not None:
-        return folder
-    archive = root / url.rsplit("/", 1)[-1]
-    if archive.is_file():
-        check_md5(archive, md5)
-        extract_archive(archive, root)
-    elif cfg.download:
-        download_url(url, archive, md5=md5)
-        extract_archive(archive, root)
-    folder = find()
+    folder = find_or_fetch(root, find, url, md5, cfg.download)
     if folder is not None:
         return folder
     partial = next((c for c in candidates if any((c / f).is_file() for f in required)), None)
@@ -228,7 +217,7 @@ def _locate(
         f"to download {url}"
     )
     if cfg.download:
-        how = f"put {archive.name} from {url} in {root}"
+        how = f"put {url.rsplit('/', 1)[-1]} from {url} in {root}"
     raise DatasetError(f"{title} not found: looked for {files} in {looked}; {how}")
 
 

@@ -13,6 +13,7 @@ from cilkit.data.datasets._common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     cache_path,
+    find_or_fetch,
     fingerprint,
     handle_unreadable,
     int64_labels,
@@ -22,7 +23,6 @@ from cilkit.data.datasets._common import (
     save_cache,
     uint8_images,
 )
-from cilkit.data.download import check_md5, download_url, extract_archive
 from cilkit.data.lazy import decode_images
 from cilkit.errors import DatasetError
 
@@ -69,17 +69,7 @@ def find_folder(root: Path) -> Path | None:
 
 def _locate(cfg: DataConfig) -> Path:
     root = resolve_root(cfg)
-    folder = find_folder(root)
-    if folder is not None:
-        return folder
-    archive = root / URL.rsplit("/", 1)[-1]
-    if archive.is_file():
-        check_md5(archive, MD5)
-        extract_archive(archive, root)
-    elif cfg.download:
-        download_url(URL, archive, md5=MD5)
-        extract_archive(archive, root)
-    folder = find_folder(root)
+    folder = find_or_fetch(root, lambda: find_folder(root), URL, MD5, cfg.download)
     if folder is not None:
         return folder
     how = (
