@@ -412,6 +412,7 @@ class Trainer:
             sampler=stage.sampler,
             before_epoch=stage.before_epoch,
             sync_grads=dist.world_size > 1,
+            stage_name=stage.name,
         )
         if stage.finish is not None:
             stage.finish()
@@ -436,9 +437,11 @@ class Trainer:
         resumed: dict[str, Any] | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         sync_grads: bool = False,
+        stage_name: str | None = None,
     ) -> float | None:
         """The one epoch loop: forward via ``step``, backward, clip, step, schedule, log."""
         cfg = self.cfg
+        stage_note = f" ({stage_name})" if stage_name else ""
         learner = s.learner
         optimizer = build_optimizer(params, optim, task_id)
         scheduler = build_scheduler(optimizer, optim, task_id, epochs)
@@ -491,8 +494,8 @@ class Trainer:
                     latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir.exists() else None
                 )
                 raise TrainingError(
-                    f"{label.split(':')[-1].strip() if ':' in label else f'task {task_id}'}, "
-                    f"epoch {epoch}, step {bad_step}: the loss is not finite; "
+                    f"task {task_id}{stage_note}, epoch {epoch}, step {bad_step}: "
+                    "the loss is not finite; "
                     "lower optim.lr or set train.grad_clip"
                     + (f" (the last good checkpoint {kept} is kept)" if kept else "")
                 )
