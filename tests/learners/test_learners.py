@@ -146,3 +146,30 @@ def test_wa_aligns_after_each_incremental_task(tmp_path):
     w = s.learner.network.head.weight.detach()
     norms = w.norm(dim=1)
     assert norms[:4].mean() == pytest.approx(float(norms[4:7].mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_frozen_parts_stay_in_eval_mode_and_keep_their_statistics(name, tmp_path, monkeypatch):
+    """The teacher (and any other frozen part) normalises with its running statistics during
+    training and never updates them: PyCIL, FACIL and Liu et al. keep it in eval mode."""
+    cls = LEARNERS.get(name).obj
+    original = cls.training_step
+    seen: dict[int, dict] = {}
+
+    def training_step(self, batch):
+        out = original(self, batch)
+        for module in self.frozen_modules():
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            record = seen.setdefault(id(module), {"first": state, "modes": set()})
+            record["last"] = state
+            record["modes"].update(m.training for m in module.modules())
+        return out
+
+    monkeypatch.setattr(cls, "training_step", training_step)
+    Trainer(tiny(name), tmp_path, log=None).fit()
+    if cls.keeps_old_network:
+        assert len(seen) == 2  # one teacher for each of tasks 1 and 2
+    for record in seen.values():
+        assert record["modes"] == {False}
+        for key, first in record["first"].items():
+            assert torch.equal(first, record["last"][key]), key

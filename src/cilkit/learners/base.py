@@ -184,6 +184,19 @@ class Learner(nn.Module):
             out["nme"] = nme_logits(features.float(), self.class_means)
         return out
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Parts that stay in eval mode whatever mode the learner is put in: the frozen teacher
+        (``old_network``) normalises with its running statistics and never updates them, as in
+        PyCIL, FACIL and Liu et al."""
+        return [self.old_network] if self.old_network is not None else []
+
+    def train(self, mode: bool = True) -> Learner:
+        """Set the training mode of everything but :meth:`frozen_modules`, which stay in eval."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
     def parameters_to_optimize(self) -> list[nn.Parameter]:
         """Parameters the engine's optimiser updates this task."""
         return [p for p in self.network.parameters() if p.requires_grad]
