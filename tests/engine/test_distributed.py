@@ -1,11 +1,14 @@
-"""torchrun: 2 gloo processes on the CPU match a single process with the same global batch."""
+"""torchrun: 2 gloo processes on the CPU match a single process with the same global batch, and a
+stopped or killed 2-process run resumes to exactly the uninterrupted 2-process result."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,24 +29,28 @@ ARGS = [
 ]
 
 
-def _run(out, learner: str, processes: int) -> subprocess.CompletedProcess:
+def _command(processes: int) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     if processes == 1:
-        cmd = [sys.executable, "-m", "cilkit", "run"]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            "-m",
-            "cilkit",
-            "run",
-        ]
-    cmd += ["--out", str(out), f"learner.name={learner}", *ARGS]
+        return [sys.executable, "-m", "cilkit", "run"], env
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*torchrun, f"--nproc_per_node={processes}", "-m", "cilkit", "run"], env
+
+
+def _run(out, learner: str, processes: int, *extra: str) -> subprocess.CompletedProcess:
+    cmd, env = _command(processes)
+    cmd += ["--out", str(out), f"learner.name={learner}", *ARGS, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _resume(out, processes: int) -> subprocess.CompletedProcess:
+    cmd, env = _command(processes)
+    proc = subprocess.run(
+        [*cmd, "--resume", str(out), "--quiet"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -69,3 +76,40 @@ def test_two_gloo_processes_match_one(tmp_path, learner):
     )
     assert "2 processes" in ddp.stdout
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir())[0] == "LATEST"
+
+
+def _results(run_dir) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k != "train_seconds"}
+
+
+def test_resumed_two_process_run_equals_the_uninterrupted_one(tmp_path):
+    """Every rank's generators and BatchNorm statistics are saved, so a 2-process run stopped
+    after a task, or killed inside one, continues exactly as if it had not stopped."""
+    every = "engine.checkpoint_every_epochs=1"  # the same config (and results) in all three runs
+    _run(tmp_path / "full", "wa", 2, every)
+    expected = _results(tmp_path / "full")
+
+    _run(tmp_path / "stopped", "wa", 2, every, "--stop-after-task", "0")
+    assert not (tmp_path / "stopped" / "summary.json").exists()
+    _resume(tmp_path / "stopped", 2)
+    assert _results(tmp_path / "stopped") == expected
+
+    killed = tmp_path / "killed"
+    cmd, env = _command(2)
+    cmd += ["--out", str(killed), "learner.name=wa", *ARGS, every]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    latest = killed / "checkpoints" / "LATEST"
+    try:
+        while proc.poll() is None:  # inside task 1, after a few of its epochs
+            if latest.exists() and "task-001-epoch-0004" in latest.read_text():
+                break
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (killed / "summary.json").exists()
+    _resume(killed, 2)
+    assert _results(killed) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -250,11 +251,101 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert Trainer(cfg, tmp_path, log=None).fit(resume=True)["num_tasks"] == 3
 
 
-def test_resume_without_checkpoint_says_so(tmp_path):
-    cfg = tiny("finetune")
-    (tmp_path / "config.yaml").write_text("")
-    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+def test_resume_of_a_run_that_never_finished_a_task_starts_over(tmp_path, uninterrupted):
+    expected, _ = uninterrupted("replay")
+    cfg = tiny("replay")
+    (tmp_path / "config.yaml").write_text("")  # killed after the config, before a checkpoint
+    log = io.StringIO()
+    summary = Trainer(cfg, tmp_path, log=log).fit(resume=True)
+    assert "starting from the beginning" in log.getvalue()
+    assert "--overwrite" not in log.getvalue()
+    assert results(summary) == expected
+
+
+def test_config_is_written_before_the_data_loads(tmp_path, monkeypatch, uninterrupted):
+    """A kill while the data loads (tens of seconds on big sets) leaves a resumable run."""
+    import cilkit.engine.trainer as trainer_mod
+
+    expected, _ = uninterrupted("replay")
+    cfg = tiny("replay")
+
+    def killed(_cfg):
+        assert (tmp_path / "config.yaml").exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "create_dataset", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path, log=None).fit()
+    monkeypatch.undo()
+    assert results(Trainer(_config_of(tmp_path), tmp_path, log=None).fit(resume=True)) == expected
+
+
+def _edit_first_accuracy(json_path, value):
+    header = json.loads(json_path.read_text())
+    header["state"]["records"][0]["accuracy"] = value
+    json_path.write_text(json.dumps(header, indent=2))
+
+
+@pytest.mark.parametrize("damage", ["edit", "digit"])
+def test_edited_checkpoint_json_is_refused_naming_the_file(tmp_path, damage):
+    cfg, stem = _stopped_run(tmp_path)
+    json_path = stem.with_suffix(".json")
+    if damage == "edit":  # one recorded accuracy changed, still valid JSON
+        _edit_first_accuracy(json_path, 12.34)
+    else:  # one digit of the JSON changed to another
+        text = json_path.read_text()
+        at = text.index('"num_seen_classes": ') + len('"num_seen_classes": ')
+        json_path.write_text(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1 :])
+    with pytest.raises(CheckpointError) as err:
         Trainer(cfg, tmp_path, log=None).fit(resume=True)
+    message = str(err.value)
+    assert "task-000.json" in message and "checksum mismatch" in message
+    assert "\n" not in message
+
+
+def _two_task_run(tmp_path):
+    cfg = tiny("replay")
+    Trainer(cfg, tmp_path, log=None).fit(stop_after_task=1)
+    return cfg, tmp_path / "checkpoints"
+
+
+@pytest.mark.parametrize(
+    "damage", ["latest missing", "latest garbage", "newest edited", "newest truncated"]
+)
+def test_damaged_newest_checkpoint_or_latest_falls_back_to_newest_valid(
+    tmp_path, damage, uninterrupted
+):
+    expected, _ = uninterrupted("replay")
+    cfg, ckpt = _two_task_run(tmp_path)
+    if damage == "latest missing":
+        (ckpt / "LATEST").unlink()
+    elif damage == "latest garbage":
+        (ckpt / "LATEST").write_bytes(b"\x00\xff garbage")
+    elif damage == "newest edited":
+        _edit_first_accuracy(ckpt / "task-001.json", 91.88)
+    else:
+        blob = (ckpt / "task-001.safetensors").read_bytes()
+        (ckpt / "task-001.safetensors").write_bytes(blob[: len(blob) // 2])
+    log = io.StringIO()
+    summary = Trainer(cfg, tmp_path, log=log).fit(resume=True)
+    text = log.getvalue()
+    used = "task-001.json" if damage.startswith("latest") else "task-000.json"
+    assert f"resuming from {used}, the newest valid checkpoint" in text
+    assert ("LATEST is" in text) == damage.startswith("latest")
+    assert "--overwrite" not in text
+    assert "warning:" in (tmp_path / "log.txt").read_text()
+    assert results(summary) == expected
+
+
+def test_newer_complete_checkpoint_than_latest_is_used(tmp_path, uninterrupted):
+    """A crash between a checkpoint's files and LATEST: the newer checkpoint verifies."""
+    expected, _ = uninterrupted("replay")
+    cfg, ckpt = _two_task_run(tmp_path)
+    (ckpt / "LATEST").write_text("task-000\n")
+    log = io.StringIO()
+    summary = Trainer(cfg, tmp_path, log=log).fit(resume=True)
+    assert "LATEST names task-000, but task-001.json is newer" in log.getvalue()
+    assert results(summary) == expected
 
 
 def test_learner_state_dict_loads_into_fresh_learner(tmp_path):

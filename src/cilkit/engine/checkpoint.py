@@ -1,9 +1,12 @@
 """Checkpoints: tensors as safetensors, everything else as JSON; nothing is pickled.
 
 A checkpoint is two files written atomically, tensors first: ``NAME.safetensors`` and
-``NAME.json``. The JSON holds the SHA-256 of the tensor file, so a truncated or tampered
-checkpoint is refused on load, and ``LATEST`` (written last) names the newest complete one. A
-crash at any moment leaves the previous checkpoint valid.
+``NAME.json``. The JSON holds the SHA-256 of the tensor file and a SHA-256 of its own content
+(everything but that field, serialised canonically), so a truncated, damaged or edited
+checkpoint, tensors or JSON, is refused on load. ``LATEST`` (written last) names the newest
+complete one; when it is missing or damaged, or the checkpoint it names is, resuming falls back
+to the newest valid checkpoint (:func:`find_resume_checkpoint`). A crash at any moment leaves the
+previous checkpoint valid.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,8 @@ from safetensors.torch import save as st_save
 from cilkit.errors import CheckpointError
 from cilkit.results.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMAT = 1
+FORMAT = 2
+"""Format 2 checksums the JSON too; format 1 (cilkit 0.1) covered only the tensors."""
 _TENSOR = "__tensor__"
 
 
@@ -59,6 +64,13 @@ def unflatten_state(meta: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return meta
 
 
+def _content_digest(header: dict[str, Any]) -> str:
+    """SHA-256 of a header without its ``sha256`` field, serialised canonically."""
+    body = {k: v for k, v in header.items() if k != "sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def save_checkpoint(directory: str | Path, name: str, state: dict[str, Any]) -> Path:
     """Write ``state`` as ``directory/name.{safetensors,json}`` and point ``LATEST`` at it.
 
@@ -68,12 +80,13 @@ def save_checkpoint(directory: str | Path, name: str, state: dict[str, Any]) -> 
     directory = Path(directory)
     tensors, meta = flatten_state(state)
     blob = st_save(tensors) if tensors else st_save({"_empty": torch.zeros(0)})
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT,
         "tensors": f"{name}.safetensors",
-        "sha256": hashlib.sha256(blob).hexdigest(),
+        "tensors_sha256": hashlib.sha256(blob).hexdigest(),
         "state": meta,
     }
+    header["sha256"] = _content_digest(header)
     json_path = directory / f"{name}.json"
     try:
         atomic_write_bytes(directory / f"{name}.safetensors", blob)
@@ -89,27 +102,110 @@ def save_checkpoint(directory: str | Path, name: str, state: dict[str, Any]) -> 
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The JSON file ``LATEST`` names, or None when there is no checkpoint yet."""
-    pointer = Path(directory) / "LATEST"
-    if not pointer.exists():
+    """The JSON file ``LATEST`` names, or None when there is none (or ``LATEST`` is unreadable).
+
+    It is not verified: :func:`find_resume_checkpoint` picks the checkpoint to continue from.
+    """
+    name = _read_latest(Path(directory))
+    return Path(directory) / f"{name}.json" if name else None
+
+
+def _read_latest(directory: Path) -> str | None:
+    try:
+        name = (directory / "LATEST").read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    name = pointer.read_text().strip()
-    if not name or "/" in name or name.startswith("."):
-        raise CheckpointError(f"{pointer}: does not name a checkpoint")
-    return Path(directory) / f"{name}.json"
+    return name if _NAME.fullmatch(name) else None
+
+
+_NAME = re.compile(r"task-(\d{3,})(?:-epoch-(\d{4,}))?")
+"""Checkpoint names: ``task-NNN`` after task NNN, ``task-NNN-epoch-EEEE`` inside task NNN."""
+
+
+def checkpoint_progress(name: str) -> tuple[int, int]:
+    """An order on checkpoint names by training progress: ``task-002`` (task 2 done) comes
+    after ``task-002-epoch-0005`` (inside task 2), which comes after ``task-001``."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(f"not a checkpoint name: {name!r}")
+    task, epoch = int(match.group(1)), match.group(2)
+    return (task + 1, 0) if epoch is None else (task, int(epoch) + 1)
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """The checkpoint JSON files in ``directory``, newest (most progress) first."""
+    found = [p for p in Path(directory).glob("task-*.json") if _NAME.fullmatch(p.stem)]
+    return sorted(found, key=lambda p: checkpoint_progress(p.stem), reverse=True)
+
+
+def find_resume_checkpoint(
+    directory: str | Path,
+) -> tuple[Path, dict[str, Any], list[str]] | None:
+    """The newest valid checkpoint to resume from, its state, and what was skipped and why.
+
+    ``LATEST`` names the newest complete checkpoint, but a crash, a full disk or a damaged file
+    can leave it missing, unreadable or pointing at a damaged checkpoint; then the newest
+    checkpoint that verifies is used and each note says what was passed over.
+
+    Returns:
+        None when the folder holds no checkpoint at all.
+
+    Raises:
+        CheckpointError: checkpoints exist but none verifies (naming the newest and why).
+    """
+    directory = Path(directory)
+    candidates = list_checkpoints(directory)
+    if not candidates:
+        return None
+    notes: list[str] = []
+    latest = _read_latest(directory)
+    if latest is None:
+        state = "missing" if not (directory / "LATEST").exists() else "damaged"
+        notes.append(f"{directory / 'LATEST'} is {state}")
+    problems: list[str] = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        notes.extend(problems)
+        if not notes and latest is not None and latest != path.stem:
+            notes.append(f"LATEST names {latest}, but {path.name} is newer and complete")
+        if notes:
+            notes.append(f"resuming from {path.name}, the newest valid checkpoint")
+        return path, state, notes
+    raise CheckpointError(
+        f"{problems[0]}; no valid checkpoint remains in {directory}: start the run again "
+        "with --overwrite"
+    )
 
 
 def load_checkpoint(json_path: str | Path) -> dict[str, Any]:
-    """Read and verify a checkpoint; a truncated or modified one is a one-line CheckpointError."""
+    """Read and verify a checkpoint; a truncated, damaged or edited one (JSON or tensors) is a
+    one-line CheckpointError naming the file."""
     json_path = Path(json_path)
     try:
         header = json.loads(json_path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {json_path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{json_path}: not a readable checkpoint ({err})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{json_path}: not a readable checkpoint ({reason})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{json_path}: not a cilkit checkpoint (format {FORMAT} expected)")
+        found = header.get("format") if isinstance(header, dict) else None
+        hint = (
+            " (format 1, written by cilkit 0.1, does not checksum its JSON)" if found == 1 else ""
+        )
+        raise CheckpointError(f"{json_path}: not a cilkit checkpoint of format {FORMAT}{hint}")
+    try:
+        digest = _content_digest(header)
+    except ValueError as err:  # NaN or infinity smuggled into the JSON
+        raise CheckpointError(f"{json_path}: not a valid checkpoint ({err})") from None
+    if digest != header.get("sha256"):
+        raise CheckpointError(
+            f"{json_path}: checksum mismatch, the checkpoint's JSON is damaged or was modified"
+        )
     name = header.get("tensors")
     if not isinstance(name, str) or "/" in name:
         raise CheckpointError(f"{json_path}: bad tensor file name")
@@ -118,7 +214,7 @@ def load_checkpoint(json_path: str | Path) -> dict[str, Any]:
         blob = tensor_path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"{tensor_path}: cannot read ({err.strerror})") from None
-    if hashlib.sha256(blob).hexdigest() != header.get("sha256"):
+    if hashlib.sha256(blob).hexdigest() != header.get("tensors_sha256"):
         raise CheckpointError(
             f"{tensor_path}: checksum mismatch, the checkpoint is truncated or was modified"
         )

@@ -17,6 +17,7 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     _owns_group: bool = False
+    _nccl: bool = False
 
     @classmethod
     def from_env(cls) -> Distributed:
@@ -38,6 +39,7 @@ class Distributed:
             torch.cuda.set_device(device)
         torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         self._owns_group = True
+        self._nccl = device.type == "cuda"
 
     def sync_module(self, module: torch.nn.Module) -> None:
         """Give every process rank 0's parameters and buffers (BatchNorm statistics differ after
@@ -60,6 +62,24 @@ class Distributed:
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def gather_object(self, obj: object) -> list[object] | None:
+        """Every process's ``obj`` (picklable, CPU tensors only) in rank order on rank 0; None on
+        the other ranks. With one process: ``[obj]``."""
+        if self.world_size == 1 or not torch_dist.is_initialized():
+            return [obj]
+        out: list[object] | None = [None] * self.world_size if self.rank == 0 else None
+        torch_dist.gather_object(obj, out, dst=0)
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (every process gets the same answer)."""
+        if self.world_size == 1 or not torch_dist.is_initialized():
+            return flag
+        device = torch.device("cuda", torch.cuda.current_device()) if self._nccl else None
+        value = torch.tensor([int(flag)], device=device)
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def barrier(self) -> None:
         if self.world_size > 1 and torch_dist.is_initialized():

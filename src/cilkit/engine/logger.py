@@ -3,6 +3,9 @@ TensorBoard (``tensorboard/``) when the ``tensorboard`` package is installed."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +48,36 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class _Forward(logging.Handler):
+    def __init__(self, callback: Callable[[logging.LogRecord], None]) -> None:
+        super().__init__(logging.INFO)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.callback(record)
+        except Exception:  # a logging failure must never stop a run
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def capture_records(
+    callback: Callable[[logging.LogRecord], None], name: str = "cilkit"
+) -> Iterator[None]:
+    """Send the INFO-and-above records of the ``name`` loggers to ``callback`` for the duration
+    (the run prints warnings and writes every record to its ``log.txt``); the records do not
+    also reach the root logger meanwhile. The logger's level and handlers are restored after."""
+    logger = logging.getLogger(name)
+    handler = _Forward(callback)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import signal
 import sys
 import threading
@@ -28,8 +29,8 @@ from cilkit.data.base import DatasetSplits, create_dataset
 from cilkit.data.samplers import create_sampler
 from cilkit.data.transforms import BatchTransform, resolve_preset
 from cilkit.engine.checkpoint import (
+    find_resume_checkpoint,
     latest_checkpoint,
-    load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -37,7 +38,7 @@ from cilkit.engine.checkpoint import (
 from cilkit.engine.data import Batch, DeviceSplit
 from cilkit.engine.distributed import Distributed
 from cilkit.engine.evaluate import predict_split, task_metrics
-from cilkit.engine.logger import RunLogger
+from cilkit.engine.logger import RunLogger, capture_records
 from cilkit.engine.optim import build_optimizer, build_scheduler
 from cilkit.engine.progress import Progress
 from cilkit.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
@@ -210,6 +211,21 @@ class Trainer:
         if self.logger is not None:
             self.logger.text(text)
 
+    def _warn(self, text: str) -> None:
+        """A warning: to stderr (or the given log stream) and to log.txt."""
+        line = f"warning: {text}"
+        if self.log is not None:
+            print(line, file=sys.stderr if self.log == "stdout" else self.log, flush=True)
+        if self.logger is not None:
+            self.logger.text(line)
+
+    def _on_log_record(self, record: logging.LogRecord) -> None:
+        """Records of cilkit's loggers during a run: warnings are shown, everything is logged."""
+        if record.levelno >= logging.WARNING:
+            self._warn(record.getMessage())
+        elif self.logger is not None:
+            self.logger.text(record.getMessage())
+
     # ---- set-up ----------------------------------------------------------------------------------
     def setup(self, dist: Distributed | None = None) -> Setup:
         """Load the data and build the scenario, the network and the learner."""
@@ -273,34 +289,52 @@ class Trainer:
         """
         cfg = self.cfg
         dist = Distributed.from_env()
-        s = self.setup(dist)
         main_process = dist.rank == 0
         if not main_process:
             self.log = None
+        if main_process:
+            # The config first, before the data loads: a run killed at any moment is resumable.
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            if not resume or not self.run.config_path.exists():
+                self.run.write_config(dump_config(cfg))
+        self.logger = RunLogger(self.run.path, cfg.engine.tensorboard, enabled=main_process)
+        try:
+            with capture_records(self._on_log_record):
+                return self._fit(dist, resume, stop_after_task)
+        finally:
+            self.logger.close()
+
+    def _fit(
+        self, dist: Distributed, resume: bool, stop_after_task: int | None
+    ) -> dict[str, Any] | None:
+        cfg = self.cfg
+        main_process = dist.rank == 0
+        s = self.setup(dist)
         amp = autocast_dtype(cfg.engine, s.device)
         gens = {
             "shuffle": torch.Generator().manual_seed(cfg.seed),
             "learner": torch.Generator().manual_seed(cfg.seed + 1),
             "augment": torch.Generator(device=s.device).manual_seed(cfg.seed + 2),
         }
-        records: list[dict[str, Any]] = []
-        start_task, partial = 0, None
-        if resume:
-            records, start_task, partial = self._restore(s, gens)
-        elif main_process:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            self.run.write_config(dump_config(cfg))
-        self.logger = RunLogger(self.run.path, cfg.engine.tensorboard, enabled=main_process)
         progress = Progress(cfg.engine.progress, enabled=main_process)
         self._print(
             f"{cfg.name}: {cfg.learner.name} on {cfg.data.name}, {s.train_scenario.num_tasks} tasks "
             f"{list(s.train_scenario.increments)}, {cfg.backbone.name}, device {s.device}"
             + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
         )
+        provenance = getattr(s.dataset, "provenance", "")
+        if provenance:
+            self._print(f"data: {provenance}")
         self._print(f"run directory: {self.run.path}")
+        records: list[dict[str, Any]] = []
+        start_task, partial = 0, None
         if resume:
-            where = f"task {start_task}" + (f", epoch {partial['epoch'] + 1}" if partial else "")
-            self._print(f"resuming at {where}")
+            records, start_task, partial = self._restore(s, gens, dist)
+            if start_task or partial:
+                where = f"task {start_task}" + (
+                    f", epoch {partial['epoch'] + 1}" if partial else ""
+                )
+                self._print(f"resuming at {where}")
         if records:
             self._print(_table_header())
             for r in records:
@@ -314,11 +348,12 @@ class Trainer:
                     self._print(_table_header())
                 self._print(_table_row(record))
                 last = t == s.train_scenario.num_tasks - 1
-                if not last and (stop_after_task == t or interrupt.requested):
+                stop = dist.any(interrupt.requested)
+                if not last and (stop_after_task == t or stop):
                     self._print(
                         f"\nstopped after task {t}; continue with: cilkit run --resume {self.run.path}"
                     )
-                    if interrupt.requested:
+                    if stop:
                         raise RunInterrupted(self.run.path, t)
                     return None
         summary = summarize(records)
@@ -329,7 +364,6 @@ class Trainer:
             self.run.write_summary(summary)
             self._write_plots(records, summary)
         self._print(_summary_text(summary))
-        self.logger.close()
         dist.close()
         return summary
 
@@ -356,12 +390,14 @@ class Trainer:
 
         def on_epoch_end(epoch: int, state: dict[str, Any]) -> None:
             due = every is not None and (epoch + 1) % every == 0
-            if epoch + 1 < epochs and (due or interrupt.requested):
+            # Every rank decides together (Ctrl-C reaches the ranks at different moments).
+            stop = dist.any(interrupt.requested)
+            if epoch + 1 < epochs and (due or stop):
                 partial = {"task_id": task_id, "epoch": epoch, **state}
                 name = f"task-{task_id:03d}-epoch-{epoch:04d}"
-                self._checkpoint(s, gens, records, name, task_id, dist.rank == 0, partial)
+                self._checkpoint(s, gens, records, name, task_id, dist, partial)
                 dist.barrier()
-                if interrupt.requested:
+                if stop:
                     raise RunInterrupted(self.run.path, task_id, epoch)
 
         return self._fit_epochs(
@@ -575,7 +611,7 @@ class Trainer:
             "train_seconds": round(train_seconds, 3),
         }
         records.append(record)
-        self._checkpoint(s, gens, records, f"task-{t:03d}", task_id=t + 1, main=main_process)
+        self._checkpoint(s, gens, records, f"task-{t:03d}", task_id=t + 1, dist=dist)
         if main_process:
             self.run.write_metrics(records)
         dist.barrier()
@@ -602,19 +638,31 @@ class Trainer:
         records: list[dict[str, Any]],
         name: str,
         task_id: int,
-        main: bool,
+        dist: Distributed,
         partial: dict[str, Any] | None = None,
     ) -> None:
-        """Write everything needed to continue (rank 0 only); keep the last two checkpoints."""
-        if not main:
+        """Write everything needed to continue; keep the last two task checkpoints.
+
+        Every process takes part: under torchrun each rank's generators and buffers (its
+        BatchNorm statistics differ inside a task) are gathered, so a resumed run continues
+        each rank exactly where it stopped. Rank 0 writes.
+        """
+        own = {
+            "rng": rng_state(gens),
+            "buffers": {k: v.detach().cpu() for k, v in s.learner.named_buffers()},
+        }
+        gathered = dist.gather_object(own) if dist.world_size > 1 else [own]
+        if dist.rank != 0:
             return
         state = {
             "config_hash": config_fingerprint(self.cfg),
             "next_task": task_id,
             "records": records,
             "learner": s.learner.state_dict(),
-            "rng": rng_state(gens),
+            "rng": own["rng"],
             "partial": partial,
+            "world_size": dist.world_size,
+            "other_ranks": gathered[1:],
         }
         save_checkpoint(self.checkpoint_dir, name, state)
         keep = {name}
@@ -626,15 +674,20 @@ class Trainer:
                 p.unlink(missing_ok=True)
 
     def _restore(
-        self, s: Setup, gens: dict[str, torch.Generator]
+        self, s: Setup, gens: dict[str, torch.Generator], dist: Distributed
     ) -> tuple[list[dict[str, Any]], int, dict[str, Any] | None]:
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
-            raise CheckpointError(
-                f"{self.run.path}: no checkpoint to resume from (the run stopped before its "
-                "first task finished); start it again with --overwrite"
+        """Load the newest valid checkpoint into the learner and the generators; returns the
+        records so far, the next task and the mid-task state (if any)."""
+        found = find_resume_checkpoint(self.checkpoint_dir)
+        if found is None:
+            self._print(
+                "no checkpoint yet (the run stopped before its first task finished): "
+                "starting from the beginning"
             )
-        state = load_checkpoint(path)
+            return [], 0, None
+        path, state, notes = found
+        for note in notes:
+            self._warn(note)
         if state.get("config_hash") != config_fingerprint(self.cfg):
             raise CheckpointError(
                 f"{path}: written by a different config than {self.run.config_path}; "
@@ -645,7 +698,21 @@ class Trainer:
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(f"{path}: does not fit this learner ({first})") from None
-        set_rng_state(state["rng"], gens)
+        rank_state = {"rng": state["rng"]}
+        others = state.get("other_ranks") or []
+        if state.get("world_size", 1) != dist.world_size:
+            self._warn(
+                f"{path.name} was written by {state.get('world_size', 1)} process(es), this run "
+                f"has {dist.world_size}: it continues, but will not equal an uninterrupted run"
+            )
+        elif dist.rank > 0:
+            rank_state = others[dist.rank - 1]
+            with torch.no_grad():
+                for key, buf in s.learner.named_buffers():
+                    stored = rank_state["buffers"].get(key)
+                    if stored is not None and stored.shape == buf.shape:
+                        buf.copy_(stored)
+        set_rng_state(rank_state["rng"], gens)
         records = list(state["records"])
         partial = state.get("partial")
         if partial is not None:
