@@ -24,10 +24,14 @@ images/s per variant and the ratio of the medians are reported. Every round star
 epoch iterator (so the DataLoader's workers start during the warm-up, and no worker prefetches
 while another variant is timed); epoch boundaries inside the timed steps are timed as in training.
 
-Data: CIFAR-10's training split from ``--data-root`` (the official python layout, read by
-cilkit's ``cifar10`` adapter); without a root, a copy built once in ``--cache-dir`` from
-/work/shared/data/cifar10-jpeg.tar.gz when that archive exists; otherwise (or with
-``--synthetic``) random uint8 CIFAR-shaped images. A random ``--num-images`` subset is used.
+Data: CIFAR-10's training split, read by cilkit's ``cifar10`` adapter from ``--data-root``
+(default: ``$CILKIT_BENCH_DATA``, else ``shared/data`` next to the repository, i.e.
+``../shared/data`` from the checkout's root). That folder holds either the official python
+layout (``cifar-10-batches-py/``) or ``cifar10-jpeg.tar.gz`` with ``cifar10_jpeg_to_batches.py``,
+from which the official layout is built once in ``--cache-dir``. When the default folder holds
+neither (or with ``--synthetic``), random uint8 CIFAR-shaped images are used; a folder named
+with ``--data-root`` or the variable that holds neither is an error. A random ``--num-images``
+subset is used.
 
 Examples::
 
@@ -59,8 +63,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-SHARED_ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
-SHARED_CONVERTER = SHARED_ARCHIVE.with_name("cifar10_jpeg_to_batches.py")
+REPO = Path(__file__).resolve().parents[1]
+DATA_ENV = "CILKIT_BENCH_DATA"
+"""Environment variable naming the data folder when ``--data-root`` is not given."""
+DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
+"""The shared data folder, a sibling of the repository's checkout."""
+JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
+JPEG_CONVERTER = "cifar10_jpeg_to_batches.py"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cilkit-bench"
 VARIANTS = ("cilkit", "pycil", "cilkit-nchw")
 
@@ -84,6 +93,7 @@ def _load_cifar10(root: Path, source: str) -> Data:
     from cilkit.data.datasets import cifar  # noqa: F401  (registers the adapter)
 
     ds = create_dataset(DataConfig(name="cifar10", root=str(root), download=False))
+    source = f"{source}: {ds.provenance}"
     return Data(ds.train.images, ds.train.labels, ds.train.class_names, ds.mean, ds.std, source)
 
 
@@ -97,25 +107,35 @@ def _synthetic(n: int, seed: int, why: str) -> Data:
     return Data(images, labels, names, CIFAR10_MEAN, CIFAR10_STD, f"synthetic random uint8 ({why})")
 
 
+def data_root(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The data folder, and whether it was chosen (``--data-root`` or ``$CILKIT_BENCH_DATA``)."""
+    root = Path(args.data_root).expanduser()
+    return root, root != DEFAULT_DATA_ROOT
+
+
 def load_data(args: argparse.Namespace) -> Data:
     """CIFAR-10's training split (or synthetic images), cut to a random ``--num-images`` subset."""
+    root, chosen = data_root(args)
+    archive, converter = root / JPEG_ARCHIVE, root / JPEG_CONVERTER
     if args.synthetic:
         data = _synthetic(args.num_images, args.seed, "--synthetic")
-    elif args.data_root:
-        data = _load_cifar10(Path(args.data_root), f"CIFAR-10 train from {args.data_root}")
-    elif SHARED_ARCHIVE.is_file() and SHARED_CONVERTER.is_file():
+    elif (root / "cifar-10-batches-py").is_dir() or (root / "batches.meta").is_file():
+        data = _load_cifar10(root, "CIFAR-10 train")
+    elif archive.is_file() and converter.is_file():
         cache = Path(args.cache_dir)
         if not (cache / "cifar-10-batches-py" / "batches.meta").is_file():
-            print(
-                f"building CIFAR-10 (official python layout) in {cache} from {SHARED_ARCHIVE} ..."
-            )
+            print(f"building CIFAR-10 (official python layout) in {cache} from {archive} ...")
             cache.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, str(SHARED_CONVERTER), str(cache)], check=True)
-        data = _load_cifar10(
-            cache, f"CIFAR-10 train (JPEG re-encoded copy, {SHARED_ARCHIVE.name}) via {cache}"
+            subprocess.run([sys.executable, str(converter), str(cache)], check=True)
+        data = _load_cifar10(cache, f"CIFAR-10 train (JPEG re-encoded copy, {archive})")
+    elif chosen:
+        raise SystemExit(
+            f"no CIFAR-10 in {root}: expected cifar-10-batches-py/ or {JPEG_ARCHIVE} with "
+            f"{JPEG_CONVERTER} (or pass --synthetic)"
         )
     else:
-        data = _synthetic(args.num_images, args.seed, "no CIFAR-10 found; pass --data-root")
+        why = f"no CIFAR-10 in {root}; pass --data-root"
+        data = _synthetic(args.num_images, args.seed, why)
     n = min(args.num_images, len(data.labels))
     pick = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(args.seed))[:n]
     data.images = data.images[pick].contiguous()
@@ -313,7 +333,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants", default="cilkit,pycil", help=f"comma list of {', '.join(VARIANTS)}"
     )
     p.add_argument("--no-amp", action="store_true", help="fp32 for cilkit on CUDA too")
-    p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py/")
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get(DATA_ENV) or str(DEFAULT_DATA_ROOT),
+        metavar="DIR",
+        help=(
+            f"folder holding cifar-10-batches-py/, or {JPEG_ARCHIVE} and {JPEG_CONVERTER}; "
+            f"default: ${DATA_ENV}, else shared/data next to the repository"
+        ),
+    )
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE / "cifar10"))
     p.add_argument("--synthetic", action="store_true", help="random uint8 images, no dataset")
     p.add_argument("--seed", type=int, default=0)

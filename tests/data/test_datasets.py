@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import pickle
 import subprocess
 import sys
@@ -477,15 +478,18 @@ def test_tiny_imagenet_missing_and_incomplete(tmp_path: Path) -> None:
         load("tiny_imagenet", tmp_path)
 
 
-def test_tiny_imagenet_corrupt_image(tmp_path: Path) -> None:
+def test_tiny_imagenet_corrupt_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     folder = write_tiny_imagenet(tmp_path, wnids=WNIDS)
     bad = folder / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_1.JPEG"
     bad.write_bytes(bad.read_bytes()[:300])  # truncated JPEG
     with pytest.raises(DatasetError, match=f"unreadable image {bad}"):
         load("tiny_imagenet", tmp_path, on_unreadable="error")
-    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+    with caplog.at_level(logging.WARNING, logger="cilkit"):
         ds = load("tiny_imagenet", tmp_path, on_unreadable="skip")
+    assert [r.name for r in caplog.records] == ["cilkit.data.datasets.tiny_imagenet"]
+    assert "skipped 1 unreadable image file: " in caplog.records[0].getMessage()
     assert ds.train.class_counts().tolist() == [3, 2, 3]
+    assert "1 unreadable skipped" in ds.provenance
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,35 +524,40 @@ def test_imagefolder_resize_center_crop_and_test_folder(tmp_path: Path) -> None:
     assert int(img[1, 4, 4]) == 255 and int(img[0, 4, 4]) == 0
 
 
-def test_imagefolder_unreadable_skip_and_error(tmp_path: Path) -> None:
+def test_imagefolder_unreadable_skip_and_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_imagefolder(tmp_path)
     bad = tmp_path / "train" / "bee" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file") as record:
+    with caplog.at_level(logging.WARNING, logger="cilkit"):
         ds = load("imagefolder", tmp_path, image_size=16)
-    assert len([w for w in record if "unreadable" in str(w.message)]) == 1
+    assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1
     assert ds.train.class_counts().tolist() == [3, 3, 3]
     with pytest.raises(DatasetError, match=f"unreadable image {bad}"):
         load("imagefolder", tmp_path, image_size=16, on_unreadable="error")
 
 
-def test_imagefolder_lazy(tmp_path: Path) -> None:
+def test_imagefolder_lazy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_imagefolder(tmp_path, size=40)
     (tmp_path / "val" / "cat" / "empty.jpg").write_bytes(b"")
-    with pytest.warns(UserWarning, match="skipped 1"):
+    with caplog.at_level(logging.WARNING, logger="cilkit"):
         ds = load("imagefolder", tmp_path)
+    assert caplog.messages == [
+        f"imagefolder {tmp_path}: skipped 1 unreadable image file: val/cat/empty.jpg (empty file)"
+    ]
     assert not ds.train.in_memory and ds.train.paths is not None
     assert ds.train.image_shape == (3, 224, 224)
     assert len(ds.train) == 9 and len(ds.test) == 6
     assert all(Path(p).suffix == ".png" for p in ds.test.paths or ())
 
-    with pytest.warns(UserWarning, match="skipped 1"):
-        sized = load("imagefolder", tmp_path, image_size=96, in_memory=False)
+    sized = load("imagefolder", tmp_path, image_size=96, in_memory=False)
     assert sized.train.image_shape == (3, 96, 96)
     data = FileImageDataset.from_image_set(sized.train)
     data = pickle.loads(pickle.dumps(data))  # goes to DataLoader workers
-    img, index = data[4]
+    img, index, error = data[4]
     assert index == 4 and img.dtype == torch.uint8 and tuple(img.shape) == (3, 96, 96)
+    assert error == ""
     top, bottom = class_colors({"cat": 0, "ant": 1, "bee": 2}[Path(data.paths[4]).parent.name])
     assert img[:, 5, 48].tolist() == list(top) and img[:, 90, 48].tolist() == list(bottom)
 
@@ -561,9 +570,10 @@ def test_file_image_dataset_unreadable(tmp_path: Path) -> None:
     bad.write_bytes(b"garbage")
     with pytest.raises(DatasetError, match=f"cannot decode image {bad}"):
         FileImageDataset([str(bad)], 32)[0]
-    with pytest.warns(UserWarning, match="unreadable image"):
-        img, _ = FileImageDataset([str(bad)], 32, on_unreadable="skip")[0]
-    assert int(img.sum()) == 0
+    img, index, error = FileImageDataset([str(bad)], 32, on_unreadable="skip")[0]
+    assert int(img.sum()) == 0 and index == 0
+    assert error.startswith("UnidentifiedImageError: cannot identify image file")
+    assert str(bad) not in error  # the path is said once, by whoever reports it
 
 
 def test_imagefolder_errors(tmp_path: Path) -> None:

@@ -74,6 +74,11 @@ class DatasetSplits:
         mean: per-channel mean of pixel values in [0, 1], used for normalisation.
         std: per-channel standard deviation in [0, 1].
         root: where the files were read from (``None`` for bundled data).
+        extra: dataset-specific additions (e.g. CIFAR-100's coarse labels).
+        provenance: one human-readable line saying exactly what was read: the folder and
+            files, their MD5 against the official files where one is known, whether a decode
+            cache was used, and where the files were found when that is not under
+            ``data.root``. Runs print it in their header and ``log.txt`` as ``data: ...``.
     """
 
     name: str
@@ -84,6 +89,7 @@ class DatasetSplits:
     std: tuple[float, ...]
     root: Path | None = None
     extra: dict = field(default_factory=dict)
+    provenance: str = ""
 
     def __post_init__(self) -> None:
         if self.train.class_names != self.test.class_names:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +33,54 @@ shorter side to ``S`` and takes the centre square; ``eval`` resizes the shorter 
 
 MIN_PARALLEL = 2048
 """Fewer images than this are decoded in the calling process (a pool costs ~1 s to start)."""
+EXAMPLES = 3
+"""How many unreadable files a message names."""
+
+
+def failure_reason(error: Exception, path: str) -> str:
+    """``"Type: message"`` of a decoding error, without the path Pillow repeats in it."""
+    text = str(error).replace(f" {path!r}", "").replace(f" {path}", "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def unreadable_message(
+    what: str,
+    action: str,
+    paths: Sequence[str],
+    first_reason: str = "",
+    base: str | os.PathLike[str] | None = None,
+) -> str:
+    """One line about unreadable image files: where, how many, what became of them, which.
+
+    Args:
+        what: the dataset and folder, e.g. ``"imagefolder /data/x"``.
+        action: what happened to them, said around the count: ``"skipped"``, or with ``{}``
+            for the count phrase, e.g. ``"replaced {} by zero images"``.
+        paths: the unreadable files, in order (every one is counted, the first
+            :data:`EXAMPLES` are named).
+        first_reason: why the first one failed (shown after it when given).
+        base: folder the named paths are shown relative to (when they lie under it).
+
+    Returns:
+        E.g. ``"imagefolder /data/x: skipped 7 unreadable image files, e.g. train/a.jpg
+        (UnidentifiedImageError: cannot identify image file), train/b.png, val/c.jpg"``.
+    """
+
+    def short(path: str) -> str:
+        if base is None:
+            return path
+        rel = os.path.relpath(path, base)
+        return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+    n = len(paths)
+    count = f"{n} unreadable image {'file' if n == 1 else 'files'}"
+    head = f"{what}: {action.format(count) if '{}' in action else f'{action} {count}'}"
+    named = [short(p) for p in paths[:EXAMPLES]]
+    if not named:
+        return head
+    if first_reason:
+        named[0] += f" ({first_reason})"
+    return f"{head}{', e.g. ' if n > len(named) else ': '}{', '.join(named)}"
 
 
 def decode_image(path: str, size: int, mode: ResizeMode = "resize") -> np.ndarray:
@@ -80,7 +127,7 @@ def _decode_chunk(
             out[i] = decode_image(path, size, mode)
         except Exception as e:  # any decoder failure means "unreadable"
             ok[i] = False
-            errors.append((i, f"{type(e).__name__}: {e}"))
+            errors.append((i, failure_reason(e, path)))
     return out, ok, errors
 
 
@@ -143,7 +190,13 @@ def decode_images(
 
 
 class FileImageDataset(Dataset):
-    """Image files decoded on access to ``uint8`` tensors ``(3, S, S)``; items are ``(image, i)``.
+    """Image files decoded on access; items are ``(image, i, error)``.
+
+    ``image`` is a ``uint8`` tensor ``(3, S, S)``, ``i`` the item's index and ``error`` the empty
+    string, or why the file could not be decoded when ``on_unreadable="skip"`` replaced it by an
+    all-zero image. Workers never warn: the process that iterates the DataLoader learns of
+    unreadable files from ``error`` and reports them (see
+    :meth:`cilkit.engine.data.DeviceSplit._uint8_batches`).
 
     Each file is resized so its shorter side is ``S * 256 / 224`` and centre-cropped to ``S x S``
     (the standard evaluation resize), which is deterministic; random training augmentation is
@@ -154,7 +207,7 @@ class FileImageDataset(Dataset):
         paths: image files.
         image_size: output side length ``S``.
         on_unreadable: ``"error"`` raises a :class:`DatasetError` naming an unreadable file;
-            ``"skip"`` returns an all-zero image for it and warns.
+            ``"skip"`` returns an all-zero image for it and the reason as ``error``.
     """
 
     def __init__(
@@ -185,16 +238,17 @@ class FileImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         path = self.paths[index]
         try:
             arr = decode_image(path, self.image_size, "eval")
         except Exception as e:  # any decoder failure means "unreadable"
+            reason = failure_reason(e, path)
             if self.on_unreadable == "error":
                 raise DatasetError(
-                    f"cannot decode image {path} ({type(e).__name__}: {e}); remove or replace "
-                    "the file, or set data.on_unreadable=skip"
+                    f"cannot decode image {path} ({reason}); remove or replace the file, or set "
+                    "data.on_unreadable=skip"
                 ) from None
-            warnings.warn(f"unreadable image {path} replaced by zeros ({e})", stacklevel=2)
             arr = np.zeros((3, self.image_size, self.image_size), dtype=np.uint8)
-        return torch.from_numpy(arr), index
+            return torch.from_numpy(arr), index, reason
+        return torch.from_numpy(arr), index, ""

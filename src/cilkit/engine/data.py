@@ -8,6 +8,8 @@ same device-side path. Under torchrun each process takes its shard of every glob
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -16,6 +18,8 @@ import torch
 from cilkit.data.base import ImageSet
 from cilkit.data.transforms import BatchTransform
 from cilkit.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,7 +48,7 @@ class DeviceSplit:
         num_workers: decoding workers for file-based splits.
         rank: this process's rank under torchrun.
         world_size: number of processes.
-        on_unreadable: files that cannot be decoded: "skip" (zero image, warning) or "error".
+        on_unreadable: files that cannot be decoded: "skip" (zero image, logged) or "error".
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class DeviceSplit:
         self.images = split.images.to(device) if split.images is not None else None
         self.on_unreadable = on_unreadable
         self._file_dataset = None
+        self._reported: set[int] = set()
+        self._folder: str | None = None
 
     def __len__(self) -> int:
         return len(self.targets_cpu)
@@ -81,7 +87,13 @@ class DeviceSplit:
     def _uint8_batches(
         self, chunks: list[torch.Tensor]
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images on the device, CPU positions) for each chunk of positions."""
+        """(uint8 images on the device, CPU positions) for each chunk of positions.
+
+        File-backed splits are decoded by DataLoader workers. Files replaced by zero images
+        (``on_unreadable="skip"``) are reported here, in this process: one warning on the
+        ``cilkit.engine.data`` logger at the end of the pass, with the count and the first few
+        paths of the files not reported before by this split.
+        """
         if self.images is not None:
             for chunk in chunks:
                 yield self.images[chunk.to(self.device, non_blocking=True)], chunk
@@ -96,12 +108,43 @@ class DeviceSplit:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
+        failed: dict[int, str] = {}
         try:
-            for images, index in loader:
+            for images, index, errors in loader:
+                for i, reason in zip(index.tolist(), errors, strict=True):
+                    if reason and i not in self._reported:
+                        failed.setdefault(i, reason)
                 yield images.to(self.device, non_blocking=True), index
         except DatasetError as err:  # re-raised from a worker with its traceback: keep one line
             last = [line for line in str(err).splitlines() if line.strip()][-1]
             raise DatasetError(last.split("DatasetError: ", 1)[-1]) from None
+        finally:
+            if failed:
+                self._report_unreadable(failed)
+
+    def _report_unreadable(self, failed: dict[int, str]) -> None:
+        """Log once the files of this pass that were replaced by zero images."""
+        from cilkit.data.lazy import unreadable_message
+
+        self._reported.update(failed)
+        paths = self.split.paths or ()
+        order = sorted(failed)
+        bad = [paths[i] for i in order]
+        if self._folder is None:  # the split's folder, named in the message
+            try:
+                many = len(paths) > 1
+                self._folder = os.path.commonpath(paths) if many else os.path.dirname(bad[0])
+            except ValueError:  # mixed absolute and relative paths
+                self._folder = ""
+        folder = self._folder
+        message = unreadable_message(
+            f"decoding {folder or 'image files'}",
+            "replaced {} by zero images (data.on_unreadable=skip)",
+            bad,
+            failed[order[0]],
+            base=folder or None,
+        )
+        logger.warning("%s", message)
 
     def _shard(self, chunk: torch.Tensor) -> torch.Tensor:
         return chunk[self.rank :: self.world_size] if self.world_size > 1 else chunk

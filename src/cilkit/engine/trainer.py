@@ -322,9 +322,8 @@ class Trainer:
             f"{list(s.train_scenario.increments)}, {cfg.backbone.name}, device {s.device}"
             + (f", {dist.world_size} processes" if dist.world_size > 1 else "")
         )
-        provenance = getattr(s.dataset, "provenance", "")
-        if provenance:
-            self._print(f"data: {provenance}")
+        if s.dataset.provenance:
+            self._print(f"data: {s.dataset.provenance}")
         self._print(f"run directory: {self.run.path}")
         records: list[dict[str, Any]] = []
         start_task, partial = 0, None

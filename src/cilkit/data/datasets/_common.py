@@ -6,16 +6,18 @@ import hashlib
 import logging
 import os
 import tempfile
-import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from cilkit.config.schema import DataConfig
 from cilkit.data.download import check_md5, download_url, extract_archive
+from cilkit.data.lazy import unreadable_message
 from cilkit.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -27,23 +29,36 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class Found(NamedTuple):
+    """Where :func:`find_or_fetch` found a dataset, and how it got there."""
+
+    folder: Path | None
+    """The dataset folder, or None when it is not there."""
+    note: str
+    """``""`` when it was there already; else which archive was extracted (for provenance)."""
+
+
 def find_or_fetch(
     root: Path, find: Callable[[], Path | None], url: str, md5: str, download: bool
-) -> Path | None:
+) -> Found:
     """``find()``, else extract ``root/<archive>`` (MD5-checked) or, with ``download``, fetch it
     from ``url`` and extract it, then ``find()`` again."""
     folder = find()
     if folder is not None:
-        return folder
+        return Found(folder, "")
     archive = root / url.rsplit("/", 1)[-1]
     if archive.is_file():
         check_md5(archive, md5)
+        note = f"extracted from {archive}, whose MD5 matches the official archive"
     elif download:
         download_url(url, archive, md5=md5)
+        note = (
+            f"downloaded from {url} to {archive} (MD5 matches the official archive) and extracted"
+        )
     else:
-        return None
+        return Found(None, "")
     extract_archive(archive, root)
-    return find()
+    return Found(find(), note)
 
 
 def resolve_root(cfg: DataConfig) -> Path:
@@ -146,16 +161,20 @@ def handle_unreadable(
     ok: np.ndarray,
     errors: Mapping[int, str],
     on_unreadable: str,
+    base: Path | None = None,
+    log: logging.Logger | None = None,
 ) -> np.ndarray:
     """Apply ``data.on_unreadable`` to the files that failed to decode.
 
     Args:
-        what: dataset and folder, for the messages.
+        what: dataset and folder, for the messages (e.g. ``"imagefolder /data/x"``).
         paths: the decoded files.
         ok: boolean mask of the files that decoded.
         errors: ``{index: reason}`` of the others (may be empty, e.g. from a cache).
-        on_unreadable: ``"error"`` stops at the first failure; ``"skip"`` warns once with the
-            count and drops them.
+        on_unreadable: ``"error"`` stops at the first failure; ``"skip"`` drops them and logs
+            one warning with the count and the first few paths.
+        base: folder the paths in the warning are shown relative to.
+        log: the logger of the warning (default: this module's, under ``cilkit``).
 
     Returns:
         The indices of the files to keep.
@@ -172,9 +191,110 @@ def handle_unreadable(
                 f"{what}: unreadable image {paths[first]} ({reason}); remove or replace it, or "
                 "set data.on_unreadable=skip"
             )
-        warnings.warn(
-            f"{what}: skipped {len(bad)} unreadable image file(s), e.g. {paths[first]} ({reason})",
-            UserWarning,
-            stacklevel=3,
-        )
+        message = unreadable_message(what, "skipped", [paths[i] for i in bad], reason, base)
+        (log or logger).warning("%s", message)
     return np.flatnonzero(ok)
+
+
+# ---- provenance: one line saying exactly what was read --------------------------------------
+
+
+@dataclass(frozen=True)
+class Md5Check:
+    """The MD5 of one file that was read, against the official one where it is known.
+
+    Attributes:
+        name: the file name, as shown.
+        md5: its MD5.
+        official: the official file's MD5, or None when none is known.
+        data_matches: a compressed file whose bytes differ from the official download but whose
+            decompressed data has the official MD5 (its gzip wrapper was rewritten, e.g. by a
+            distribution package).
+    """
+
+    name: str
+    md5: str
+    official: str | None = None
+    data_matches: bool = False
+
+    @property
+    def matches(self) -> bool:
+        return self.official is not None and self.md5 == self.official.lower()
+
+
+_COUNT_WORDS = {
+    2: "both",
+    3: "all three",
+    4: "all four",
+    5: "all five",
+    6: "all six",
+    7: "all seven",
+}
+
+
+def _all(n: int) -> str:
+    return _COUNT_WORDS.get(n, f"all {n}")
+
+
+def md5_note(checks: Sequence[Md5Check]) -> str:
+    """What the MD5s of the files read say, in a few words.
+
+    Returns:
+        E.g. ``"MD5 of all four match the official files"``, ``"MD5 differs from the official
+        file: test_batch (MD5 0123...)"`` (a mismatch is reported, never an error) or
+        ``"MD5 not checked: meta (no official MD5 known)"``.
+    """
+    n = len(checks)
+    exact = [c for c in checks if c.matches]
+    data = [c for c in checks if not c.matches and c.data_matches]
+    unknown = [c for c in checks if c.official is None]
+    differ = [c for c in checks if c.official is not None and not c.matches and not c.data_matches]
+    if n and len(exact) == n:
+        return (
+            "MD5 matches the official file"
+            if n == 1
+            else f"MD5 of {_all(n)} match the official files"
+        )
+    if n and len(data) == n:
+        if n == 1:
+            return (
+                "MD5 matches the official file once decompressed; the compressed file itself "
+                "differs from the official download"
+            )
+        return (
+            f"MD5 of {_all(n)} match the official files once decompressed; the compressed files "
+            "themselves differ from the official downloads"
+        )
+    parts = []
+    if exact:
+        parts.append(f"MD5 matches the official file: {', '.join(c.name for c in exact)}")
+    if data:
+        names = ", ".join(c.name for c in data)
+        parts.append(f"MD5 matches the official file once decompressed: {names}")
+    if differ:
+        files = ", ".join(f"{c.name} (MD5 {c.md5})" for c in differ)
+        parts.append(f"MD5 differs from the official file: {files}")
+    if unknown:
+        names = ", ".join(c.name for c in unknown)
+        parts.append(f"MD5 not checked: {names} (no official MD5 known)")
+    return "; ".join(parts)
+
+
+def file_list(folder: Path, names: Sequence[str]) -> str:
+    """``folder/{a, b, c}`` (``folder/a`` for one file)."""
+    if len(names) == 1:
+        return str(folder / names[0])
+    return f"{folder}/{{{', '.join(names)}}}"
+
+
+def root_note(cfg: DataConfig, root: Path) -> str:
+    """``data.root 'data' (/abs/data)`` as the user wrote it, resolved when that differs."""
+    given = str(cfg.root)
+    return f"data.root '{given}'" + ("" if given == str(root) else f" ({root})")
+
+
+def plural(n: int, what: str) -> str:
+    """``"1 image"``, ``"50,000 images"``, ``"3 classes"``: a count and its noun."""
+    if n == 1:
+        return f"1 {what}"
+    return f"{n:,} {what}{'es' if what.endswith(('s', 'x', 'ch', 'sh')) else 's'}"

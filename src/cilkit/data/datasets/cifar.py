@@ -12,19 +12,44 @@ import numpy as np
 
 from cilkit.config.schema import DataConfig
 from cilkit.data.base import DatasetSplits, ImageSet, register_dataset
-from cilkit.data.datasets._common import find_or_fetch, int64_labels, resolve_root, uint8_images
+from cilkit.data.datasets._common import (
+    Md5Check,
+    file_list,
+    find_or_fetch,
+    int64_labels,
+    md5_note,
+    resolve_root,
+    uint8_images,
+)
+from cilkit.data.download import file_md5
 from cilkit.errors import DatasetError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_FILE_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+"""MD5 of each file of the official archive (the values torchvision checks)."""
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_FILE_MD5 = {
+    "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    "meta": "7973b15100ade9c7d40fb424638fde48",
+}
+"""MD5 of each file of the official archive (the values torchvision checks)."""
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
@@ -179,6 +204,20 @@ def _names(meta: dict[str, Any], key: str, path: Path, expected: int) -> tuple[s
     return tuple(str(n) for n in names)
 
 
+def provenance(folder: Path, files: Sequence[str], official: dict[str, str], note: str) -> str:
+    """``folder/{files}`` with their MD5s against the official ones, and how they got there.
+
+    Args:
+        folder: the folder read.
+        files: the files read, in order.
+        official: official MD5 of each file name (a name absent here is "not checked").
+        note: how the folder came to be (e.g. extracted from the archive), or ``""``.
+    """
+    checks = [Md5Check(f, file_md5(folder / f), official.get(f)) for f in files]
+    notes = "; ".join(n for n in (md5_note(checks), note) if n)
+    return f"{file_list(folder, files)} ({notes})"
+
+
 def _locate(
     cfg: DataConfig,
     title: str,
@@ -186,11 +225,14 @@ def _locate(
     required: Sequence[str],
     url: str,
     md5: str,
-) -> Path:
+) -> tuple[Path, str]:
     """The folder holding all ``required`` files, extracting or downloading the archive if needed.
 
     Looks in ``root/<folder_name>`` and in ``root`` itself; then extracts ``root/<archive>``
     when it is there (checking its MD5), or downloads it when ``cfg.download`` is set.
+
+    Returns:
+        The folder, and how it came to be there (``""`` when it already was).
     """
     root = resolve_root(cfg)
     candidates = [root / folder_name, root]
@@ -201,9 +243,9 @@ def _locate(
                 return folder
         return None
 
-    folder = find_or_fetch(root, find, url, md5, cfg.download)
+    folder, note = find_or_fetch(root, find, url, md5, cfg.download)
     if folder is not None:
-        return folder
+        return folder, note
     partial = next((c for c in candidates if any((c / f).is_file() for f in required)), None)
     if partial is not None:
         missing = ", ".join(f for f in required if not (partial / f).is_file())
@@ -227,7 +269,8 @@ def load_cifar10(cfg: DataConfig) -> DatasetSplits:
 
     Reads the official python layout ``root/cifar-10-batches-py/`` (``data_batch_1..5``,
     ``test_batch``, ``batches.meta``), extracting ``root/cifar-10-python.tar.gz`` or downloading
-    it from the official host when ``cfg.download`` is set.
+    it from the official host when ``cfg.download`` is set. ``provenance`` names the folder and
+    files read and whether their MD5s match the official files.
 
     Args:
         cfg: data config (``root``, ``download``).
@@ -236,7 +279,7 @@ def load_cifar10(cfg: DataConfig) -> DatasetSplits:
         Train and test splits of shape ``(N, 3, 32, 32)``.
     """
     required = (*CIFAR10_TRAIN, "test_batch", "batches.meta")
-    folder = _locate(cfg, "CIFAR-10", CIFAR10_FOLDER, required, CIFAR10_URL, CIFAR10_MD5)
+    folder, note = _locate(cfg, "CIFAR-10", CIFAR10_FOLDER, required, CIFAR10_URL, CIFAR10_MD5)
     meta_path = folder / "batches.meta"
     names = _names(load_pickle(meta_path), "label_names", meta_path, 10)
     train_x, (train_y,) = _read_split(folder, CIFAR10_TRAIN, ("labels",), (10,))
@@ -249,6 +292,7 @@ def load_cifar10(cfg: DataConfig) -> DatasetSplits:
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
         root=folder,
+        provenance=provenance(folder, required, CIFAR10_FILE_MD5, note),
     )
 
 
@@ -260,7 +304,8 @@ def load_cifar100(cfg: DataConfig) -> DatasetSplits:
     extracting ``root/cifar-100-python.tar.gz`` or downloading it from the official host when
     ``cfg.download`` is set. The labels are the fine labels; the superclass labels are kept in
     ``extra["coarse_labels"]`` (split name -> int64 tensor) with their names in
-    ``extra["coarse_class_names"]``.
+    ``extra["coarse_class_names"]``. ``provenance`` names the folder and files read and whether
+    their MD5s match the official files.
 
     Args:
         cfg: data config (``root``, ``download``).
@@ -269,7 +314,7 @@ def load_cifar100(cfg: DataConfig) -> DatasetSplits:
         Train and test splits of shape ``(N, 3, 32, 32)``.
     """
     required = ("train", "test", "meta")
-    folder = _locate(cfg, "CIFAR-100", CIFAR100_FOLDER, required, CIFAR100_URL, CIFAR100_MD5)
+    folder, note = _locate(cfg, "CIFAR-100", CIFAR100_FOLDER, required, CIFAR100_URL, CIFAR100_MD5)
     meta_path = folder / "meta"
     meta = load_pickle(meta_path)
     fine_names = _names(meta, "fine_label_names", meta_path, 100)
@@ -285,6 +330,7 @@ def load_cifar100(cfg: DataConfig) -> DatasetSplits:
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         root=folder,
+        provenance=provenance(folder, required, CIFAR100_FILE_MD5, note),
         extra={
             "coarse_labels": {
                 "train": int64_labels(train_coarse),

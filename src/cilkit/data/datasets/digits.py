@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import numpy as np
+import sklearn
 from sklearn.datasets import load_digits as _sk_load_digits
 from sklearn.model_selection import train_test_split
 
 from cilkit.config.schema import DataConfig
 from cilkit.data.base import DatasetSplits, ImageSet, register_dataset
 from cilkit.data.datasets._common import int64_labels, uint8_images
+from cilkit.data.download import file_md5
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
 CLASS_NAMES = tuple(str(d) for d in range(10))
+DATA_PACKAGE, DATA_FILE = "sklearn.datasets.data", "digits.csv.gz"
+"""Where scikit-learn's ``load_digits`` reads the bundled images from."""
+
+
+def provenance() -> str:
+    """The bundled file scikit-learn reads, its MD5, scikit-learn's version and the split."""
+    path = resources.files(DATA_PACKAGE) / DATA_FILE
+    md5 = file_md5(str(path)) if path.is_file() else "unknown"
+    return (
+        f"{path} (bundled with scikit-learn {sklearn.__version__}, MD5 {md5}; stratified "
+        f"{1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} train/test split, seed {SPLIT_SEED})"
+    )
 
 
 @register_dataset("digits")
@@ -53,4 +69,5 @@ def load_digits(cfg: DataConfig) -> DatasetSplits:
         mean=mean,
         std=std,
         root=None,
+        provenance=provenance(),
     )

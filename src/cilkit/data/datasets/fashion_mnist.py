@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import numpy as np
 
 from cilkit.config.schema import DataConfig
 from cilkit.data.base import DatasetSplits, ImageSet, register_dataset
-from cilkit.data.datasets._common import int64_labels, resolve_root, uint8_images
+from cilkit.data.datasets._common import (
+    Md5Check,
+    file_list,
+    int64_labels,
+    md5_note,
+    resolve_root,
+    root_note,
+    uint8_images,
+)
 from cilkit.data.download import download_url
 from cilkit.errors import DatasetError
 
@@ -23,6 +32,15 @@ FILES = {
     "test_labels": ("t10k-labels-idx1-ubyte", "bb300cfdad3c16e7a12a480ee83cd310"),
 }
 """Official file stems and the MD5 of their ``.gz`` downloads."""
+DATA_MD5 = {
+    "train_images": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train_labels": "9018921c3c673c538a1fc5bad174d6f9",
+    "test_images": "8181f5470baa50b63fa0f6fddb340f0a",
+    "test_labels": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+"""MD5 of the official files once decompressed (the IDX data itself). A recompressed ``.gz``
+(Debian's ``dataset-fashion-mnist`` stores the files without their original gzip header) differs
+from the download but holds the same data."""
 SYSTEM_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
 """Where Debian's ``dataset-fashion-mnist`` package installs the files."""
 CLASS_NAMES = (
@@ -43,32 +61,20 @@ STD = (0.3530,)
 _IDX_DTYPES = {0x08: np.uint8}
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse an IDX file (gzip-compressed when its name ends in ``.gz``).
-
-    Args:
-        path: the file.
-        ndim: number of dimensions the file must have (3 for images, 1 for labels).
-
-    Returns:
-        The array, ``uint8``, of the shape stored in the header.
-
-    Raises:
-        DatasetError: the file is unreadable, truncated or not an unsigned-byte IDX file of
-            ``ndim`` dimensions.
-    """
+def _read(path: Path) -> tuple[bytes, bytes]:
+    """The file's bytes and its data (decompressed when the name ends in ``.gz``)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        stored = path.read_bytes()
+        return stored, gzip.decompress(stored) if path.suffix == ".gz" else stored
     except (OSError, EOFError, zlib.error) as e:
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise DatasetError(
             f"cannot read {path} ({reason}): the file is truncated or corrupted; delete it and "
             f"get it again from {URL}"
         ) from None
+
+
+def _parse_idx(raw: bytes, path: Path, ndim: int) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] != ndim:
         raise DatasetError(
             f"{path} is not an IDX file of {ndim}-d unsigned bytes (bad magic number "
@@ -85,6 +91,44 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             f"(shape {shape}): the file is truncated or corrupted; get it again from {URL}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse an IDX file (gzip-compressed when its name ends in ``.gz``).
+
+    Args:
+        path: the file.
+        ndim: number of dimensions the file must have (3 for images, 1 for labels).
+
+    Returns:
+        The array, ``uint8``, of the shape stored in the header.
+
+    Raises:
+        DatasetError: the file is unreadable, truncated or not an unsigned-byte IDX file of
+            ``ndim`` dimensions.
+    """
+    return _parse_idx(_read(path)[1], path, ndim)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def read_checked(key: str, path: Path, ndim: int) -> tuple[np.ndarray, Md5Check]:
+    """:func:`read_idx` of the official file ``key`` plus its MD5 against the official one.
+
+    A ``.gz`` file is compared with the official download; when that differs, its decompressed
+    data is compared with the official data (:data:`DATA_MD5`). An uncompressed file is
+    compared with the official data.
+    """
+    stored, raw = _read(path)
+    array = _parse_idx(raw, path, ndim)
+    data_md5 = _md5(raw)
+    if path.suffix == ".gz":
+        check = Md5Check(path.name, _md5(stored), FILES[key][1], data_md5 == DATA_MD5.get(key))
+    else:
+        check = Md5Check(path.name, data_md5, DATA_MD5.get(key))
+    return array, check
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -112,7 +156,9 @@ def load_fashion_mnist(cfg: DataConfig) -> DatasetSplits:
 
     Reads the four official IDX files from ``root/fashion-mnist/``, ``root/`` or
     ``/usr/share/datasets/fashion-mnist/`` (Debian's ``dataset-fashion-mnist``), else downloads
-    them into ``root/fashion-mnist/`` when ``cfg.download`` is set.
+    them into ``root/fashion-mnist/`` when ``cfg.download`` is set. ``provenance`` names the
+    files read, whether their MD5s match the official files, and says so when they were found
+    outside ``root``.
 
     Args:
         cfg: data config (``root``, ``download``).
@@ -123,9 +169,15 @@ def load_fashion_mnist(cfg: DataConfig) -> DatasetSplits:
     root = resolve_root(cfg)
     dirs = candidate_dirs(root)
     files = None
-    for folder in dirs:
+    where = ""
+    for i, folder in enumerate(dirs):
         files = _complete(folder)
         if files is not None:
+            if i >= len(dirs) - len(SYSTEM_DIRS):
+                where = (
+                    f"{root_note(cfg, root)} holds no copy; found the system-wide copy of "
+                    "Debian's dataset-fashion-mnist"
+                )
             break
     if files is None:
         names = ", ".join(f"{stem}.gz" for stem, _ in FILES.values())
@@ -142,11 +194,14 @@ def load_fashion_mnist(cfg: DataConfig) -> DatasetSplits:
         files = _complete(dest)
         if files is None:
             raise DatasetError(f"Fashion-MNIST download into {dest} left files missing")
+        where = f"downloaded from {URL}"
 
     splits = {}
+    checks: list[Md5Check] = []
     for split in ("train", "test"):
-        images = read_idx(files[f"{split}_images"], 3)
-        labels = read_idx(files[f"{split}_labels"], 1)
+        images, images_check = read_checked(f"{split}_images", files[f"{split}_images"], 3)
+        labels, labels_check = read_checked(f"{split}_labels", files[f"{split}_labels"], 1)
+        checks += [images_check, labels_check]
         if len(images) != len(labels):
             raise DatasetError(
                 f"{files[f'{split}_images']} holds {len(images)} images but "
@@ -157,6 +212,9 @@ def load_fashion_mnist(cfg: DataConfig) -> DatasetSplits:
                 f"{files[f'{split}_labels']} holds label {int(labels.max())}, outside 0..9"
             )
         splits[split] = ImageSet(int64_labels(labels), CLASS_NAMES, uint8_images(images[:, None]))
+    folder = files["train_images"].parent
+    names = [files[k].name for k in ("train_images", "train_labels", "test_images", "test_labels")]
+    notes = "; ".join(n for n in (md5_note(checks), where) if n)
     return DatasetSplits(
         name="fashion_mnist",
         train=splits["train"],
@@ -164,5 +222,6 @@ def load_fashion_mnist(cfg: DataConfig) -> DatasetSplits:
         preset="mnist",
         mean=MEAN,
         std=STD,
-        root=files["train_images"].parent,
+        root=folder,
+        provenance=f"{file_list(folder, names)} ({notes})",
     )

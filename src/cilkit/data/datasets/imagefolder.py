@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,12 +19,15 @@ from cilkit.data.datasets._common import (
     int64_labels,
     is_image_file,
     load_cache,
+    plural,
     resolve_root,
     save_cache,
     uint8_images,
 )
 from cilkit.data.lazy import decode_images
 from cilkit.errors import ConfigError, DatasetError
+
+logger = logging.getLogger(__name__)
 
 TEST_SPLITS = ("val", "test")
 """Names accepted for the second split folder, in order of preference."""
@@ -98,8 +102,10 @@ def load_imagefolder(cfg: DataConfig) -> DatasetSplits:
     ``image_size`` and the centre square kept (cached as ``.npz`` under ``root/.cilkit_cache/``).
     Otherwise the splits hold file paths, decoded by
     :class:`cilkit.data.lazy.FileImageDataset` at ``image_size`` (default 224). Unreadable files
-    are skipped with one warning or stop the load, as ``cfg.on_unreadable`` says; in lazy mode
-    only empty files are detected at load time.
+    are skipped with one warning on this module's logger or stop the load, as
+    ``cfg.on_unreadable`` says; in lazy mode only empty files are detected at load time (the
+    others become zero images, reported by the engine once per pass). ``provenance`` names the
+    folder, the number of files per split and whether the decode cache was used.
 
     Args:
         cfg: data config (``root``, ``image_size``, ``in_memory``, ``on_unreadable``).
@@ -138,15 +144,25 @@ def load_imagefolder(cfg: DataConfig) -> DatasetSplits:
         )
     if not test_paths:
         raise DatasetError(f"{test_dir} holds no image files")
-    what = f"image folder {root}"
+    what = f"imagefolder {root}"
     paths = train_paths + test_paths
     n_train = len(train_paths)
     size = cfg.image_size or LAZY_SIZE
 
+    def provenance(ok: np.ndarray, decoded: str) -> str:
+        n_bad = int((~ok).sum())
+        notes = (
+            f"{plural(len(classes), 'class')}; {plural(n_train, 'image file')} in "
+            f"{train_dir.name}, {plural(len(test_paths), 'image file')} in {test_dir.name}",
+            decoded,
+            f"{n_bad} unreadable skipped" if n_bad else "",
+        )
+        return f"{root}/{{{train_dir.name}, {test_dir.name}}} ({'; '.join(n for n in notes if n)})"
+
     if not _in_memory(cfg):
         ok = np.asarray(train_sizes + test_sizes) > 0
         errors = {int(i): "empty file" for i in np.flatnonzero(~ok)}
-        keep = handle_unreadable(what, paths, ok, errors, cfg.on_unreadable)
+        keep = handle_unreadable(what, paths, ok, errors, cfg.on_unreadable, root, logger)
         kept_paths = [paths[i] for i in keep]
         labels = train_labels + test_labels
         kept_labels = [labels[i] for i in keep]
@@ -168,6 +184,9 @@ def load_imagefolder(cfg: DataConfig) -> DatasetSplits:
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             root=root,
+            provenance=provenance(
+                ok, f"decoded lazily at {size}px by DataLoader workers on every pass, no cache"
+            ),
         )
 
     key = fingerprint(
@@ -180,11 +199,14 @@ def load_imagefolder(cfg: DataConfig) -> DatasetSplits:
     n = len(paths)
     arrays = load_cache(cache, {"images": (n, 3, size, size), "ok": (n,)})
     errors: dict[int, str] = {}
-    if arrays is None:
+    if arrays is not None:
+        decoded = f"decoded at {size}px (centre crop), read from the cache {cache}"
+    else:
         images, ok, errors = decode_images(paths, size, "crop")
         arrays = {"images": images, "ok": ok}
-        save_cache(cache, arrays)
-    keep = handle_unreadable(what, paths, arrays["ok"], errors, cfg.on_unreadable)
+        cached = f"cached in {cache}" if save_cache(cache, arrays) else "not cached"
+        decoded = f"decoded at {size}px (centre crop) from the image files, {cached}"
+    keep = handle_unreadable(what, paths, arrays["ok"], errors, cfg.on_unreadable, root, logger)
     labels = np.asarray(train_labels + test_labels, dtype=np.int64)
     train_keep, test_keep = keep[keep < n_train], keep[keep >= n_train]
 
@@ -199,4 +221,5 @@ def load_imagefolder(cfg: DataConfig) -> DatasetSplits:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         root=root,
+        provenance=provenance(arrays["ok"], decoded),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,12 +20,15 @@ from cilkit.data.datasets._common import (
     int64_labels,
     is_image_file,
     load_cache,
+    plural,
     resolve_root,
     save_cache,
     uint8_images,
 )
 from cilkit.data.lazy import decode_images
 from cilkit.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -67,11 +71,11 @@ def find_folder(root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _locate(cfg: DataConfig) -> Path:
+def _locate(cfg: DataConfig) -> tuple[Path, str]:
     root = resolve_root(cfg)
-    folder = find_or_fetch(root, lambda: find_folder(root), URL, MD5, cfg.download)
+    folder, note = find_or_fetch(root, lambda: find_folder(root), URL, MD5, cfg.download)
     if folder is not None:
-        return folder
+        return folder, note
     how = (
         f"set data.root to the folder that holds {FOLDER}/ (or any folder with wnids.txt, "
         f"train/ and val/), or set data.download=true to download {URL}"
@@ -153,7 +157,8 @@ def load_tiny_imagenet(cfg: DataConfig) -> DatasetSplits:
     order, ``words.txt`` their names, ``train/<wnid>/images/*.JPEG`` the training images and
     ``val/images`` with ``val/val_annotations.txt`` the test split. Images are decoded in worker
     processes, resized to ``cfg.image_size`` when set, and cached as ``.npz`` under
-    ``root/.cilkit_cache/`` for the next load.
+    ``root/.cilkit_cache/`` for the next load. ``provenance`` names the folder, the counts and
+    whether the cache was used.
 
     Args:
         cfg: data config (``root``, ``download``, ``image_size``, ``on_unreadable``).
@@ -162,7 +167,7 @@ def load_tiny_imagenet(cfg: DataConfig) -> DatasetSplits:
         Train and test splits of shape ``(N, 3, S, S)``, ``S = image_size or 64``.
     """
     root = resolve_root(cfg)
-    folder = _locate(cfg)
+    folder, note = _locate(cfg)
     wnids_text = _read_text(folder / "wnids.txt")
     wnids = [w.strip() for w in wnids_text.splitlines() if w.strip()]
     if not wnids:
@@ -190,7 +195,9 @@ def load_tiny_imagenet(cfg: DataConfig) -> DatasetSplits:
     }
     arrays = load_cache(cache, shapes)
     errors: dict[int, str] = {}
-    if arrays is None:
+    if arrays is not None:
+        decoded = f"decoded at {size}px, read from the cache {cache}"
+    else:
         images, ok, errors = decode_images(train_paths + val_paths, size, "resize")
         arrays = {
             "train_images": images[:n_train],
@@ -198,17 +205,30 @@ def load_tiny_imagenet(cfg: DataConfig) -> DatasetSplits:
             "test_images": images[n_train:],
             "test_ok": ok[n_train:],
         }
-        save_cache(cache, arrays)
+        cached = f"cached in {cache}" if save_cache(cache, arrays) else "not cached"
+        decoded = f"decoded at {size}px from the image files, {cached}"
 
+    ok = np.concatenate([arrays["train_ok"], arrays["test_ok"]])
     keep_train = handle_unreadable(
-        f"Tiny-ImageNet {folder}",
+        f"tiny_imagenet {folder}",
         train_paths + val_paths,
-        np.concatenate([arrays["train_ok"], arrays["test_ok"]]),
+        ok,
         errors,
         cfg.on_unreadable,
+        base=folder,
+        log=logger,
     )
     keep_val = keep_train[keep_train >= n_train] - n_train
     keep_train = keep_train[keep_train < n_train]
+
+    n_bad = int((~ok).sum())
+    notes = (
+        f"{plural(len(wnids), 'class')} from wnids.txt, {plural(n_train, 'train image')} and "
+        f"{plural(n_val, 'val image')}",
+        decoded,
+        f"{n_bad} unreadable skipped" if n_bad else "",
+        note,
+    )
 
     def split(images: np.ndarray, labels: list[int], keep: np.ndarray) -> ImageSet:
         if len(keep) != len(labels):
@@ -224,4 +244,5 @@ def load_tiny_imagenet(cfg: DataConfig) -> DatasetSplits:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         root=folder,
+        provenance=f"{folder} ({'; '.join(n for n in notes if n)})",
     )
