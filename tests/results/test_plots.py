@@ -1,15 +1,32 @@
-"""PNG plots: valid files, edge cases (one task, missing cells), atomic writes."""
+"""PNG plots: valid files, edge cases (one task, missing cells), atomic writes, readable layout."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from figcheck import (
+    assert_legend_above,
+    assert_no_overlapping_labels,
+    draw,
+    extent,
+    inside,
+    visible_tick_labels,
+)
 from pngcheck import PNG_SIGNATURE, assert_png  # noqa: F401
 
-from cilkit.results.plots import plot_accuracy_curve, plot_accuracy_matrix, plot_comparison
+from cilkit.results.plots import (
+    _accuracy_curve_figure,
+    _accuracy_matrix_figure,
+    _comparison_figure,
+    plot_accuracy_curve,
+    plot_accuracy_matrix,
+    plot_comparison,
+)
 
 
 def test_accuracy_curve(tmp_path: Path) -> None:
@@ -126,3 +143,103 @@ assert dict.__getitem__(matplotlib.rcParams, "backend") is backend, "the global 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "m.png"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_png_mode_follows_umask(tmp_path: Path, umask: int) -> None:
+    """PNGs get ``0666 & ~umask`` like the rest of the run directory, not mkstemp's 0600."""
+    old = os.umask(umask)
+    try:
+        curve = plot_accuracy_curve([10, 20], {"a": [90.0, 80.0]}, tmp_path / "a" / "c.png")
+        matrix = plot_accuracy_matrix([[90.0]], tmp_path / "b" / "m.png")
+    finally:
+        os.umask(old)
+    for path in (curve, matrix):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+        assert_png(path)
+
+
+def test_curve_legend_is_above_the_data() -> None:
+    # low accuracies at few classes: where a legend inside the axes (lower left) would sit
+    fig = _accuracy_curve_figure(
+        [10, 20, 30, 40, 50],
+        {"CNN top-1": [5.0, 8.0, 12.0, 30.0, 60.0], "NME top-1": [2.0, 10.0, 15.0, 35.0, 65.0]},
+        title="icarl on cifar100",
+    )
+    assert_legend_above(fig, fig.axes[0])
+    assert fig.get_suptitle() == "icarl on cifar100"
+
+
+def test_comparison_legend_wraps_inside_the_figure() -> None:
+    methods = ["icarl", "podnet", "der", "wa", "lucir", "finetune", "bic", "replay"]
+    runs = {
+        f"{m}_cifar100_b50_inc10_seed1993": ([50, 60, 70], [80.0 - k, 70.0 - k, 60.0 - k])
+        for k, m in enumerate(methods)
+    }
+    fig = _comparison_figure(runs, title="CIFAR-100")
+    ax = fig.axes[0]
+    assert_legend_above(fig, ax)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == list(runs)  # every run is listed
+    assert fig.get_size_inches()[1] > 4.5  # grown for the extra legend rows
+
+
+def test_curve_many_tasks_round_x_ticks() -> None:
+    xs = list(range(2, 102, 2))
+    fig = _accuracy_curve_figure(xs, {"a": [100.0 - x / 2 for x in xs]})
+    renderer = draw(fig)
+    ax = fig.axes[0]
+    labels = visible_tick_labels(ax.xaxis, renderer)
+    values = [int(label.get_text()) for label in labels]
+    steps = {b - a for a, b in zip(values, values[1:], strict=False)}
+    assert len(steps) == 1 and steps.pop() in {5, 10, 20, 25, 50}
+    assert_no_overlapping_labels(labels, renderer)
+
+
+def _lower_triangle(num_tasks: int) -> list[list[float | None]]:
+    return [
+        [max(0.0, 95.0 - 3.0 * (t - j)) if j <= t else None for j in range(num_tasks)]
+        for t in range(num_tasks)
+    ]
+
+
+@pytest.mark.parametrize(("num_tasks", "decimals"), [(1, True), (5, True), (20, True), (50, False)])
+def test_matrix_cell_values_are_legible(num_tasks: int, decimals: bool) -> None:
+    """Each written value fits its cell at a readable size (one decimal while there is room)."""
+    fig = _accuracy_matrix_figure(_lower_triangle(num_tasks))
+    renderer = draw(fig)
+    ax = fig.axes[0]
+    texts = ax.texts
+    assert len(texts) == num_tasks * (num_tasks + 1) // 2
+    cell = ax.get_window_extent(renderer).width / num_tasks  # pixels
+    for text in texts:
+        assert text.get_fontsize() >= 7.0
+        assert ("." in text.get_text()) == decimals
+        assert extent(text, renderer).width < cell
+
+
+def test_matrix_too_many_tasks_shows_only_colours() -> None:
+    fig = _accuracy_matrix_figure(_lower_triangle(200))
+    assert len(fig.axes[0].texts) == 0
+    assert max(fig.get_size_inches()) <= 30.0
+
+
+@pytest.mark.parametrize(("num_tasks", "step"), [(5, 1), (20, 1), (30, 2), (50, 5)])
+def test_matrix_task_ticks_round_steps(num_tasks: int, step: int) -> None:
+    fig = _accuracy_matrix_figure(_lower_triangle(num_tasks))
+    renderer = draw(fig)
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == list(range(0, num_tasks, step))
+    assert list(ax.get_yticks()) == list(range(0, num_tasks, step))
+    assert_no_overlapping_labels(visible_tick_labels(ax.xaxis, renderer), renderer)
+    assert_no_overlapping_labels(visible_tick_labels(ax.yaxis, renderer), renderer)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 5])
+def test_matrix_title_and_labels_fit_small_matrices(num_tasks: int) -> None:
+    title = "podnet on imagenet_subset_lt (NME)"
+    fig = _accuracy_matrix_figure(_lower_triangle(num_tasks), title=title)
+    renderer = draw(fig)
+    ax = fig.axes[0]
+    for artist in (ax.title, ax.xaxis.label, ax.yaxis.label):
+        assert inside(extent(artist, renderer), fig.bbox), artist.get_text()
