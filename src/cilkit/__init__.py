@@ -1,3 +1,3 @@
 """cilkit: class-incremental learning (and long-tailed CIL) on one fast PyTorch engine."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

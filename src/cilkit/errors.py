@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class CilkitError(Exception):
@@ -20,6 +21,16 @@ class DatasetError(CilkitError):
 
 class CheckpointError(CilkitError):
     """A checkpoint or run directory cannot be used."""
+
+
+class RunInterrupted(CilkitError):
+    """Ctrl-C: a consistent checkpoint was written; the run can be resumed."""
+
+    def __init__(self, run_dir: Path, task_id: int, epoch: int | None = None) -> None:
+        at = f"task {task_id}" + (f", epoch {epoch}" if epoch is not None else "")
+        super().__init__(
+            f"interrupted; checkpoint written at {at}. Continue with: cilkit run --resume {run_dir}"
+        )
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

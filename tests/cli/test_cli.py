@@ -79,7 +79,7 @@ def test_run_with_overrides_writes_run_directory(tmp_path, capsys):
         (["run", "trian.epochs=1"], "trian: unknown key (did you mean 'train'?)"),
         (
             ["run", "scenario.initial_increment=20"],
-            "scenario.initial_increment: 20 classes in the first",
+            "command line: scenario.initial_increment=20: 20 classes in the first",
         ),
         (
             ["run", "data.name=cifar100", "data.root=/nonexistent", "data.download=false"],
@@ -155,3 +155,74 @@ def test_overrides_may_follow_options(tmp_path):
     )
     with pytest.raises(SystemExit):
         main(["run", "--bogus", "train.epochs=1"])
+
+
+def test_empty_config_file_is_one_line(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cilkit", "run", "-c", "empty.yaml", "--out", "r"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: empty.yaml: the file is empty")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_version_and_help_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from cilkit.cli.main import main\n"
+        "for argv in (['--version'], ['--help'], ['run', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from cilkit import __version__
+
+    assert proc.stdout.startswith(f"cilkit {__version__}\n")
+    assert proc.stdout.strip().endswith("False")
+
+
+def test_version_matches_the_package_metadata():
+    from importlib.metadata import version
+
+    from cilkit import __version__
+
+    assert version("cilkit") == __version__
+
+
+def test_show_config_unknown_name_lists_what_it_takes(capsys):
+    assert main(["show-config", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "not a learner, backbone, loss, sampler or config section" in err
+    assert "unknown learner" not in err
+    for name in ("ldam", "resnet32", "class_aware", "optim"):  # each kind is accepted
+        assert main(["show-config", name]) == 0
+    capsys.readouterr()
+
+
+def test_a_closed_output_pipe_does_not_stop_the_run(tmp_path):
+    """`cilkit run ... | head -1`: the run goes on with its output dropped and succeeds."""
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), "train.epochs=2", "scenario.increment=5"]
+    args += ["scenario.initial_increment=5", "engine.progress=none"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cilkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, as `head -1` does
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err
+    assert first.startswith("quickstart: icarl on digits")
+    assert "Broken pipe" not in err and "Traceback" not in err
+    assert (out / "summary.json").exists()
+    assert "summary (accuracies in %)" in (out / "log.txt").read_text()

@@ -67,7 +67,7 @@ def test_round_trip_through_yaml(tmp_path):
         ({"memory": {"memory_size": 10, "memory_per_class": 2}}, [], "either memory_size or"),
         ({"optim": {"milestones": [80, 40]}}, [], "optim.milestones: must be increasing"),
         ({}, ["train.epochs"], "expected key.path=value"),
-        ({}, ["train.epochs.x=1"], "train.epochs: expected int, got {'x': 1}"),
+        ({}, ["train.epochs.x=1"], "train.epochs.x=1: train.epochs: expected int, got {'x': 1}"),
         ({"train": {"epochs": 3}}, ["train.epochs.x=1"], "train.epochs is a value, not a section"),
         ({"train": 5}, [], "train: expected TrainConfig, got 5"),
     ],
@@ -79,7 +79,75 @@ def test_bad_values_are_one_line_errors_naming_key_and_file(data, overrides, exp
     assert expected in message
     assert "\n" not in message
     if not any("=" not in o for o in overrides):
-        assert message.startswith("exp.yaml: ") or message.startswith("override ")
+        # a value from the file blames the file; one from an override blames the command line
+        assert message.startswith("command line: " if overrides else "exp.yaml: ")
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["optim.lr=-1"], "command line: optim.lr=-1: must be > 0"),
+        (["train.epochs=many"], "command line: train.epochs=many: expected int, got 'many'"),
+        (
+            ["learner.name=icarl", "learner.kd_temprature=3"],
+            "command line: learner.kd_temprature=3: unknown key (did you mean 'kd_temperature'?)",
+        ),
+        (["learner.name=icrl"], "command line: learner.name=icrl: unknown learner 'icrl'"),
+        (["optim={lr: 0}"], "command line: optim={lr: 0}: optim.lr: must be > 0"),
+    ],
+)
+def test_errors_from_overrides_blame_the_command_line(overrides, expected):
+    data = {"optim": {"lr": 0.1}, "learner": {"name": "icarl"}}
+    with pytest.raises(ConfigError) as err:
+        build_config(data, overrides, source="exp.yaml")
+    assert str(err.value).startswith(expected)
+    assert "exp.yaml" not in str(err.value)
+
+
+def test_cross_checks_blame_the_command_line_too():
+    cfg = build_config({}, ["scenario.initial_increment=20"], source="exp.yaml")
+    from cilkit.config.source import ConfigSource
+
+    src = ConfigSource("exp.yaml", ("scenario.initial_increment=20",))
+    with pytest.raises(ConfigError, match=r"^command line: scenario.initial_increment=20: 20 cl"):
+        validate_experiment(cfg, 10, src)
+    with pytest.raises(ConfigError, match=r"^exp.yaml: scenario.initial_increment: 20 classes"):
+        validate_experiment(cfg, 10, "exp.yaml")
+
+
+@pytest.mark.parametrize(
+    "spelling", ["1e-3", "1E-3", "1e6", "1.5e+3", ".5", "5.", "2.5E-4", "1_000.0"]
+)
+@pytest.mark.parametrize("where", ["override", "yaml file", "quoted in the file"])
+def test_every_float_spelling_is_a_float(spelling, where, tmp_path):
+    expected = float(spelling.replace("_", ""))
+    if where == "override":
+        cfg = build_config({}, [f"optim.lr={spelling}"])
+    else:
+        text = f'"{spelling}"' if where == "quoted in the file" else spelling
+        (tmp_path / "c.yaml").write_text(f"optim:\n  lr: {text}\n")
+        cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.optim.lr == expected and isinstance(cfg.optim.lr, float)
+
+
+def test_an_int_field_still_refuses_a_float(tmp_path):
+    (tmp_path / "c.yaml").write_text("optim:\n  milestones: [1e1]\n")
+    with pytest.raises(ConfigError, match=r"optim.milestones: expected list of int, got \[10.0\]"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_words_are_not_floats():
+    for text in ("fast", "nan", "inf", "1e", "e5"):
+        with pytest.raises(ConfigError, match="expected float"):
+            build_config({}, [f"optim.lr={text}"])
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    for text in ("", "# only a comment\n", "\n\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=r"empty.yaml: the file is empty") as err:
+            load_config(tmp_path / "empty.yaml")
+        assert "\n" not in str(err.value)
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -1,18 +1,25 @@
-"""The ``cilkit`` command: run, list, show-config."""
+"""The ``cilkit`` command: run, tune, list, show-config.
+
+Importing this module (and ``cilkit --help`` / ``--version``) does not import torch; each command
+imports what it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime as dt
+import errno
 import os
 import shutil
 import sys
 import textwrap
 from importlib import resources
 from pathlib import Path
+from typing import Any, TextIO
 
-from cilkit.errors import CheckpointError, CilkitError
+from cilkit import __version__
+from cilkit.errors import CheckpointError, CilkitError, RunInterrupted, did_you_mean
 
 KINDS = ("learners", "backbones", "datasets", "buffers", "losses", "samplers")
 
@@ -57,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
             """
         ),
     )
+    p.add_argument("--version", action="version", version=f"cilkit {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -127,10 +135,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import yaml
-
     from cilkit.config import build_config
-    from cilkit.config.loader import read_yaml
+    from cilkit.config.loader import parse_yaml, read_yaml
+    from cilkit.config.source import ConfigSource
     from cilkit.engine.distributed import Distributed
     from cilkit.engine.trainer import Trainer
 
@@ -138,16 +145,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.config or args.out:
             raise CilkitError("--resume continues a run with its own config.yaml; drop -c/--out")
         out = Path(args.resume)
-        source = str(out / "config.yaml")
+        file = str(out / "config.yaml")
         if not (out / "config.yaml").exists():
             raise CheckpointError(f"--resume {out}: not a run directory (no config.yaml)")
-        data = read_yaml(source)
+        data = read_yaml(file)
     elif args.config:
-        data, source = read_yaml(args.config), args.config
+        data, file = read_yaml(args.config), args.config
     else:
-        data = yaml.safe_load(quickstart_config_text())
-        source = "quickstart.yaml (embedded)"
-    cfg = build_config(data, args.overrides, source=source)
+        file = "quickstart.yaml (embedded)"
+        data = parse_yaml(quickstart_config_text(), file)
+    source = ConfigSource(file, tuple(args.overrides))
+    cfg = build_config(data, source=source)
     if args.quiet:
         cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, progress="none"))
     if not args.resume:
@@ -228,23 +236,27 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
         "train": schema.TrainConfig,
         "engine": schema.EngineConfig,
     }
-    if args.name in regs["learners"]:
-        entry, section = regs["learners"].get(args.name), "learner"
-        cls = entry.config_cls
-    elif args.name in regs["backbones"]:
-        entry, section = regs["backbones"].get(args.name), "backbone"
-        cls = entry.config_cls or schema.BackboneConfig
-    elif args.name in regs["losses"]:
-        entry, section = regs["losses"].get(args.name), "learner.loss"
-        cls = entry.config_cls
-    elif args.name in regs["samplers"]:
-        entry, section = regs["samplers"].get(args.name), "train.sampler"
-        cls = entry.config_cls
-    elif args.name in sections:
-        entry, section, cls = None, args.name, sections[args.name]
+    kinds = {  # registry -> the config section its options go in
+        "learners": ("learner", schema.LearnerConfig),
+        "backbones": ("backbone", schema.BackboneConfig),
+        "losses": ("learner.loss", schema.LossConfig),
+        "samplers": ("train.sampler", schema.SamplerConfig),
+    }
+    entry = None
+    for kind, (section_name, base) in kinds.items():
+        if args.name in regs[kind]:
+            entry, section = regs[kind].get(args.name), section_name
+            cls = entry.config_cls or base
+            break
     else:
-        regs["learners"].get(args.name)  # raises "unknown learner ... did you mean"
-        return 2
+        if args.name not in sections:
+            known = [n for kind in kinds for n in regs[kind].names()] + list(sections)
+            raise CilkitError(
+                f"unknown name '{args.name}': not a learner, backbone, loss, sampler or config "
+                f"section{did_you_mean(args.name, known)}; see cilkit list learners|backbones|"
+                f"losses|samplers, or one of: {', '.join(sections)}"
+            )
+        section, cls = args.name, sections[args.name]
     if entry is not None:
         print(f"{section}: {entry.name} - {entry.description}")
         doc = (entry.obj.__doc__ or "").strip().splitlines()[1:]
@@ -259,9 +271,52 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from cilkit.engine.trainer import RunInterrupted
+class _PipeSafe:
+    """A text stream that stops writing, silently, once its reader has gone (``| head``).
 
+    A run whose output pipe breaks keeps training with its output dropped (the run directory's
+    ``log.txt`` still gets every line), so a closed pipe never turns into a silent success with
+    no ``summary.json``. The stream's file descriptor is pointed at /dev/null so the interpreter's
+    final flush cannot fail either.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def _dropped(self) -> None:
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file: just drop output
+            pass
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except OSError as err:
+                if not isinstance(err, BrokenPipeError) and err.errno != errno.EPIPE:
+                    raise
+                self._dropped()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except OSError as err:
+                if not isinstance(err, BrokenPipeError) and err.errno != errno.EPIPE:
+                    raise
+                self._dropped()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after options (argparse alone stops at the first option).
     args, extra = parser.parse_known_args(argv)
@@ -278,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         "list": _cmd_list,
         "show-config": _cmd_show_config,
     }
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     try:
         return commands[args.command](args)
     except RunInterrupted as err:
@@ -291,9 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `cilkit show-config icarl | head`
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        return 0
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 if __name__ == "__main__":

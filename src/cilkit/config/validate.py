@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from cilkit.config.schema import ExperimentConfig
+from cilkit.config.source import ConfigSource
 from cilkit.errors import ConfigError
 
 
-def validate_experiment(cfg: ExperimentConfig, num_classes: int, source: str | None = None) -> None:
-    """Refuse impossible combinations with a one-line error naming the key (and the file).
+def validate_experiment(
+    cfg: ExperimentConfig, num_classes: int, source: ConfigSource | str | None = None
+) -> None:
+    """Refuse impossible combinations with a one-line error naming the key and where its value
+    came from (the file or the command-line override).
 
     Args:
         cfg: the experiment config.
         num_classes: number of classes of the loaded dataset.
-        source: the config file, for the message.
+        source: the config file or :class:`ConfigSource`, for the message.
     """
     from cilkit.buffers.selection import SELECTORS
     from cilkit.learners import LEARNERS
 
-    where = f"{source}: " if source else ""
+    src = ConfigSource.of(source)
 
     def fail(key: str, message: str) -> None:
-        raise ConfigError(f"{where}{key}: {message}")
+        raise src.error(key, message)
 
     sc = cfg.scenario
     first = sc.initial_increment if sc.initial_increment is not None else sc.increment
@@ -61,7 +65,7 @@ def validate_experiment(cfg: ExperimentConfig, num_classes: int, source: str | N
         try:
             selector = SELECTORS.get(mem.selection).obj
         except ConfigError as err:
-            raise ConfigError(f"{where}memory.selection: {err}") from None
+            raise src.error("memory.selection", str(err)) from None
         if mem.memory_size is not None and mem.memory_size < num_classes:
             fail(
                 "memory.memory_size",

@@ -23,6 +23,7 @@ import torch
 from cilkit.backbones import create_network
 from cilkit.config import ExperimentConfig, config_to_dict, dump_config
 from cilkit.config.schema import OptimConfig
+from cilkit.config.source import ConfigSource
 from cilkit.config.validate import validate_experiment
 from cilkit.data import datasets as _datasets  # noqa: F401  (registers the adapters)
 from cilkit.data.base import DatasetSplits, create_dataset
@@ -42,7 +43,7 @@ from cilkit.engine.logger import RunLogger, capture_records
 from cilkit.engine.optim import build_optimizer, build_scheduler
 from cilkit.engine.progress import Progress
 from cilkit.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
-from cilkit.errors import CheckpointError, CilkitError, ConfigError
+from cilkit.errors import CheckpointError, CilkitError, RunInterrupted
 from cilkit.learners import Learner, StepOutput, TaskContext, create_learner
 from cilkit.learners.base import TrainingStage
 from cilkit.results.plots import (
@@ -57,16 +58,6 @@ from cilkit.scenarios.long_tail import apply_long_tail
 
 class TrainingError(CilkitError):
     """Training cannot go on (a NaN loss, ...)."""
-
-
-class RunInterrupted(CilkitError):
-    """Ctrl-C: a consistent checkpoint was written; the run can be resumed."""
-
-    def __init__(self, run_dir: Path, task_id: int, epoch: int | None = None) -> None:
-        at = f"task {task_id}" + (f", epoch {epoch}" if epoch is not None else "")
-        super().__init__(
-            f"interrupted; checkpoint written at {at}. Continue with: cilkit run --resume {run_dir}"
-        )
 
 
 class _InterruptHandler:
@@ -188,7 +179,7 @@ class Trainer:
     Args:
         cfg: the resolved experiment config.
         run_dir: where the run's files go.
-        source: the config file the run came from (for error messages).
+        source: the config file (or :class:`ConfigSource`) the run came from, for error messages.
         log: a text stream for tables and messages; "stdout" (the current sys.stdout) or None.
     """
 
@@ -196,12 +187,12 @@ class Trainer:
         self,
         cfg: ExperimentConfig,
         run_dir: str | Path,
-        source: str | None = None,
+        source: ConfigSource | str | None = None,
         log: Any = "stdout",
     ) -> None:
         self.cfg = cfg
         self.run = RunDirectory(run_dir)
-        self.source = source
+        self.source = ConfigSource.of(source)
         self.log = log
         self.logger: RunLogger | None = None
 
@@ -242,8 +233,7 @@ class Trainer:
             try:
                 lt_train, _ = apply_long_tail(dataset.train, cfg.scenario.long_tail)
             except ValueError as err:
-                where = f"{self.source}: " if self.source else ""
-                raise ConfigError(f"{where}scenario.long_tail: {err}") from None
+                raise self.source.error("scenario.long_tail", str(err)) from None
             dataset = dataclasses.replace(dataset, train=lt_train)
         sc = cfg.scenario
         order = resolve_class_order(dataset.num_classes, sc.class_order, sc.class_order_seed)

@@ -5,9 +5,6 @@ from __future__ import annotations
 from importlib import resources
 
 import numpy as np
-import sklearn
-from sklearn.datasets import load_digits as _sk_load_digits
-from sklearn.model_selection import train_test_split
 
 from cilkit.config.schema import DataConfig
 from cilkit.data.base import DatasetSplits, ImageSet, register_dataset
@@ -23,6 +20,8 @@ DATA_PACKAGE, DATA_FILE = "sklearn.datasets.data", "digits.csv.gz"
 
 def provenance() -> str:
     """The bundled file scikit-learn reads, its MD5, scikit-learn's version and the split."""
+    import sklearn  # imported when used: it takes about a second
+
     path = resources.files(DATA_PACKAGE) / DATA_FILE
     md5 = file_md5(str(path)) if path.is_file() else "unknown"
     return (
@@ -45,8 +44,11 @@ def load_digits(cfg: DataConfig) -> DatasetSplits:
     Returns:
         Train (1,347 images) and test (450 images) splits of shape ``(N, 1, 8, 8)``.
     """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     del cfg
-    bunch = _sk_load_digits()
+    bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.int64)
     train_idx, test_idx = train_test_split(
