@@ -85,16 +85,17 @@ def test_same_seed_same_result(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_task_runs(tmp_path_factory):
-    """finetune, replay and iCaRL on digits: 5 classes, then 5 more, 12 epochs each."""
+    """finetune (both forms), replay and iCaRL on digits: 5 classes, then 5 more, 12 epochs each."""
     out = {}
-    for name in ("finetune", "replay", "icarl"):
-        cfg = tiny(
-            name,
-            "train.epochs=12",
-            "memory.memory_size=100" if name != "finetune" else "train.epochs=12",
-            tasks="5,5",
-        )
-        out[name] = Trainer(cfg, tmp_path_factory.mktemp(name), log=None).fit()
+    runs = {
+        "finetune": ("learner.name=finetune",),
+        "finetune_all_seen": ("learner.name=finetune", "learner.new_classes_only=false"),
+        "replay": ("learner.name=replay", "memory.memory_size=100"),
+        "icarl": ("learner.name=icarl", "memory.memory_size=100"),
+    }
+    for key, overrides in runs.items():
+        cfg = tiny("finetune", "train.epochs=12", *overrides, tasks="5,5")
+        out[key] = Trainer(cfg, tmp_path_factory.mktemp(key), log=None).fit()
     return out
 
 
@@ -103,15 +104,20 @@ def _old_accuracy(summary):
 
 
 def test_finetune_forgets_old_classes(two_task_runs):
-    s = two_task_runs["finetune"]
-    assert s["accuracy_matrix"][0][0] > 90  # it had learned them
-    assert _old_accuracy(s) < 15  # and lost almost all of them
+    for key, most in (("finetune", 50), ("finetune_all_seen", 15)):
+        s = two_task_runs[key]
+        assert s["accuracy_matrix"][0][0] > 90  # it had learned them
+        assert _old_accuracy(s) < most  # and lost most of them
+    # CE over every seen class also pushes the old classes' logits down: it forgets more
+    assert _old_accuracy(two_task_runs["finetune_all_seen"]) < _old_accuracy(
+        two_task_runs["finetune"]
+    )
 
 
 @pytest.mark.parametrize("name", ["replay", "icarl"])
 def test_replay_and_icarl_keep_old_classes(two_task_runs, name):
     assert _old_accuracy(two_task_runs[name]) > 70
-    assert _old_accuracy(two_task_runs[name]) > _old_accuracy(two_task_runs["finetune"]) + 50
+    assert _old_accuracy(two_task_runs[name]) > _old_accuracy(two_task_runs["finetune"]) + 40
 
 
 def test_icarl_nme_classifier_is_reported(two_task_runs):
@@ -173,3 +179,36 @@ def test_frozen_parts_stay_in_eval_mode_and_keep_their_statistics(name, tmp_path
         assert record["modes"] == {False}
         for key, first in record["first"].items():
             assert torch.equal(first, record["last"][key]), key
+
+
+def test_finetune_trains_on_the_new_classes_logits_only_by_default():
+    """PyCIL's finetune: cross-entropy over logits[:, old:] with labels shifted by old."""
+    import torch.nn.functional as F
+
+    from cilkit.backbones import create_network
+    from cilkit.config.schema import MemoryConfig
+    from cilkit.engine.data import Batch
+    from cilkit.learners import create_learner
+
+    cfg = tiny("finetune")
+    assert cfg.learner.new_classes_only
+    torch.manual_seed(0)
+    net = create_network(cfg.backbone, 1)
+    learner = create_learner(cfg.learner, net, MemoryConfig())
+    net.expand(7)
+    learner.num_old_classes, learner.num_seen_classes = 4, 7
+    x, y = torch.randn(5, 1, 8, 8), torch.tensor([4, 5, 6, 4, 5])
+    out = learner.training_step(Batch(x, y, torch.arange(5)))
+    logits = net(x)
+    expected = F.cross_entropy(logits[:, 4:], y - 4)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    out.loss.backward()
+    assert net.head.weight.grad[:4].abs().max() == 0  # old rows get no gradient
+    every = create_learner(
+        build_config({"learner": {"name": "finetune", "new_classes_only": False}}).learner,
+        net,
+        MemoryConfig(),
+    )
+    every.num_old_classes, every.num_seen_classes = 4, 7
+    all_seen = every.training_step(Batch(x, y, torch.arange(5))).loss
+    assert all_seen.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)

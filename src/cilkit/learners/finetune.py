@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
-from cilkit.learners.base import Learner, register_learner
+from dataclasses import dataclass
+
+import torch
+
+from cilkit.config.schema import LearnerConfig
+from cilkit.engine.data import Batch
+from cilkit.learners.base import Learner, StepOutput, register_learner
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(LearnerConfig):
+    name: str = "finetune"
+    new_classes_only: bool = True
+    """Cross-entropy over the new classes' logits only, with labels shifted to them (PyCIL's
+    ``finetune.py`` and FACIL's fine-tuning without exemplars, whose protocol the shipped
+    configs follow); false: over every seen class's logits."""
 
 
 @register_learner("finetune")
 class Finetune(Learner):
-    """Fine-tuning on each task's data only (cross-entropy over all seen classes): the lower bound.
+    """Fine-tuning on each task's data only: the lower bound.
 
-    No exemplars and no regularisation, so old classes are forgotten almost entirely.
+    No exemplars and no regularisation, so old classes are forgotten almost entirely. By default
+    the loss only involves the new classes' logits, as in PyCIL (``models/finetune.py``:
+    ``cross_entropy(logits[:, known:], targets - known)``); ``new_classes_only: false`` trains
+    over every seen class (the old classes' logits are then pushed down too).
     """
 
+    config_cls = FinetuneConfig
     uses_memory = False
+    cfg: FinetuneConfig
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        if not (self.cfg.new_classes_only and self.num_old_classes):
+            return super().training_step(batch)
+        features, logits = self.forward_train(batch.x)
+        # Masking the old classes' logits out of the softmax is the cross-entropy over the new
+        # classes' logits alone (exp(-1e4) is 0 in float32), and keeps the loss's per-class
+        # counts (long-tail losses) aligned with every seen class.
+        masked = logits.float().index_fill(1, torch.arange(self.num_old_classes), _MASKED)
+        loss = self.classification_loss(masked, batch.y, features)
+        return StepOutput(loss, {"cls": loss.detach()}, logits)
+
+
+_MASKED = -1e4
