@@ -123,3 +123,33 @@ def test_tune_cli(ce_run, tmp_path, capsys):
         == 2
     )
     assert "bogus" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def posthoc_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("posthoc")
+    cfg = lt_config("learner.loss={name: la, posthoc: true, tau: 3.0}")
+    return Trainer(cfg, out, log=None).fit(), out
+
+
+def _frozen_tune(source, out, loss):
+    """Tuning that leaves the head as it was (lr 1e-12): only the scoring differs."""
+    return tune(source, out, TuneOptions(loss=loss, epochs=1, lr=1e-12), log=None)
+
+
+def test_tune_scores_each_head_with_its_own_adjustment(posthoc_run, ce_run, tmp_path):
+    """The source run's post-hoc adjustment scores the original head, the tuning loss's scores
+    the re-trained one: never the prior subtracted twice, never a post-hoc loss unapplied."""
+    summary, source = posthoc_run
+    la = {"name": "la", "posthoc": True, "tau": 3.0}
+    same = _frozen_tune(source, tmp_path / "la", la)
+    assert same["before"]["accuracy"] == summary["last_accuracy"]  # adjusted, as in the run
+    assert same["after"]["accuracy"] == same["before"]["accuracy"]
+    plain = _frozen_tune(source, tmp_path / "ce", {"name": "ce"})
+    assert plain["before"]["accuracy"] == summary["last_accuracy"]
+    assert plain["after"]["accuracy"] != plain["before"]["accuracy"]  # not adjusted
+    # the other way round: a CE run tuned with post-hoc LA applies the adjustment once
+    ce_summary, ce_source = ce_run
+    adjusted = _frozen_tune(ce_source, tmp_path / "ce-la", la)
+    assert adjusted["before"]["accuracy"] == ce_summary["last_accuracy"]
+    assert adjusted["after"]["accuracy"] != adjusted["before"]["accuracy"]

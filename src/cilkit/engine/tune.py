@@ -82,7 +82,11 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
     amp = autocast_dtype(cfg.engine, s.device)
     seen = s.test_scenario[: t + 1]
     old_head = copy.deepcopy(learner.network.head)
-    before = _scores(learner, old_head, s, seen.indices, cfg.train.eval_batch_size)
+    # Each head is scored with its own loss's prediction-time adjustment (post-hoc logit
+    # adjustment): the source run's for the original head, the tuning loss's for the new one.
+    before = _scores(
+        learner, old_head, learner.loss_fn.adjust_logits, s, seen.indices, cfg.train.eval_batch_size
+    )
 
     network = learner.network
     new_loss = create_loss(loss_cfg).to(s.device)
@@ -127,7 +131,9 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
         "augment": torch.Generator(device=s.device).manual_seed(cfg.seed + 9),
     }
     trainer.run_stage(s, stage, t, indices, gens, amp, Progress(cfg.engine.progress), Distributed())
-    after = _scores(learner, network.head, s, seen.indices, cfg.train.eval_batch_size)
+    after = _scores(
+        learner, network.head, new_loss.adjust_logits, s, seen.indices, cfg.train.eval_batch_size
+    )
 
     results = {"before": _metrics(before, seen, s, cfg), "after": _metrics(after, seen, s, cfg)}
     if opts.ensemble:
@@ -151,16 +157,15 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
 
 
 @torch.no_grad()
-def _scores(learner, head, s, indices, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of ``head`` on the test samples at ``indices`` and their targets (CPU)."""
+def _scores(learner, head, adjust, s, indices, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``head``, adjusted by ``adjust``, on the test samples at ``indices`` and their
+    targets (CPU)."""
     network = learner.network
     was = network.training
     network.eval()
     logits, targets = [], []
     for batch in s.test.eval_batches(indices, batch_size):
-        logits.append(
-            learner.loss_fn.adjust_logits(head(network.forward_features(batch.x))).float()
-        )
+        logits.append(adjust(head(network.forward_features(batch.x))).float())
         targets.append(batch.y)
     network.train(was)
     return torch.cat(logits).cpu(), torch.cat(targets).cpu()
