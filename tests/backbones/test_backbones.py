@@ -168,9 +168,22 @@ def test_cosine_head_scale() -> None:
     with torch.no_grad():
         head.sigma.fill_(10.0)
     assert head(torch.randn(10, 6)).abs().max() > 1.0
-    fixed = CosineLinear(6, learn_sigma=False)
+    fixed = CosineLinear(6, learn_scale=False)
     fixed.expand(2)
     assert fixed.sigma is None and "sigma" not in dict(fixed.named_parameters())
+    x = torch.randn(10, 6)
+    assert torch.allclose(fixed(x), fixed.cosine(x))  # plain cosines (LDAM's NormedLinear)
+    thirty = CosineLinear(6, learn_scale=False, scale=30.0)
+    thirty.expand(2)
+    thirty.load_state_dict(fixed.state_dict())
+    assert torch.allclose(thirty(x), 30 * fixed.cosine(x))
+
+
+def test_cosine_head_options_come_from_the_backbone_config() -> None:
+    net = create_network(BackboneConfig(head="cosine", learn_cosine_scale=False), 3)
+    assert net.head.sigma is None and not list(net.head.parameters())[1:]
+    net = create_network(BackboneConfig(head="cosine", cosine_scale=16.0), 3)
+    assert net.head.sigma.item() == 16.0
 
 
 @pytest.mark.parametrize("head", ["linear", "cosine"])

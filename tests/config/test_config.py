@@ -177,6 +177,16 @@ def test_missing_and_malformed_files(tmp_path):
             3,
             "scenario.class_order: must be a permutation",
         ),
+        (
+            {"learner": {"loss": {"name": "ldam"}}},
+            10,
+            "backbone.head: loss 'ldam' expects cosines in [-1, 1]",
+        ),
+        (  # a learnable scale would shrink LDAM's margins as it grows
+            {"learner": {"loss": {"name": "ldam"}}, "backbone": {"head": "cosine"}},
+            10,
+            "set backbone.head=cosine, backbone.learn_cosine_scale=false",
+        ),
         ({"learner": {"name": "icarl"}}, 10, "memory: learner 'icarl' needs an exemplar memory"),
         (
             {"learner": {"name": "finetune"}, "memory": {"memory_size": 20}},
@@ -209,6 +219,12 @@ def test_cross_checks_against_the_dataset(data, num_classes, expected):
         validate_experiment(cfg, num_classes, source="exp.yaml")
     assert expected in str(err.value)
     assert str(err.value).startswith("exp.yaml: ")
+
+
+def test_ldam_with_a_fixed_scale_cosine_head_is_accepted():
+    head = {"head": "cosine", "learn_cosine_scale": False}
+    cfg = build_config({"learner": {"loss": {"name": "ldam"}}, "backbone": head})
+    validate_experiment(cfg, 10)
 
 
 def test_first_task_optim_values():

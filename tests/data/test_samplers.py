@@ -143,6 +143,32 @@ def test_class_aware_walks_each_class_list_before_repeating():
             assert len(visits.unique()) == len(visits)
 
 
+def test_class_aware_with_four_samples_per_visit():
+    """Liu et al.'s stage-2 sampler: each class visit takes 4 consecutive samples of the class."""
+    targets = long_tailed_targets()
+    cfg = build_config({"train": {"sampler": {"name": "class_aware", "samples_per_class": 4}}})
+    sampler = create_sampler(cfg.train.sampler)
+    positions = sampler(targets, torch.Generator().manual_seed(1))
+    assert len(positions) == len(targets)
+    labels = targets[positions]
+    visits = labels[: len(labels) // 4 * 4].view(-1, 4)
+    assert (visits == visits[:, :1]).all()  # one class per visit of 4
+    k = len(LABELS)
+    cycles = visits[: len(visits) // k * k, 0].view(-1, k).sort(dim=1).values
+    assert torch.equal(cycles, LABELS.sort().values.expand_as(cycles))  # each class once a cycle
+    for label, count in zip(LABELS.tolist(), COUNTS.tolist(), strict=True):
+        drawn = positions[labels == label]
+        for r in range(len(drawn) // count):  # full passes over the class are permutations
+            members = (targets == label).nonzero().squeeze(1)
+            assert torch.equal(drawn[r * count : (r + 1) * count].sort().values, members)
+    one = create_sampler(
+        build_config({"train": {"sampler": {"name": "class_aware"}}}).train.sampler
+    )
+    assert one.cfg.samples_per_class == 1
+    with pytest.raises(ConfigError, match="samples_per_class: must be >= 1"):
+        build_config({"train": {"sampler": {"name": "class_aware", "samples_per_class": 0}}})
+
+
 def test_sampler_configs_load_by_name():
     cfg = build_config({"train": {"sampler": {"name": "effective_number", "beta": 0.99}}})
     assert cfg.train.sampler == EffectiveNumberSamplerConfig(beta=0.99)

@@ -25,6 +25,7 @@ class ConvNetConfig(BackboneConfig):
     """Channels of every block, which is also the feature width."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.hidden < 1:
             raise FieldError("hidden", "must be >= 1")
 

@@ -133,20 +133,23 @@ class ExpandableLinear(_ExpandableHead):
 class CosineLinear(_ExpandableHead):
     """A cosine classifier ``sigma * <x / |x|, w / |w|>`` that grows by whole classes (LUCIR).
 
-    New rows are uniform in ``+-1/sqrt(in_features)``; ``sigma`` is a learnable scale initialised
-    to 1 (or no scale at all with ``learn_sigma=False``). There is no bias.
+    New rows are uniform in ``+-1/sqrt(in_features)``. ``sigma`` is a learnable scale initialised
+    to ``scale`` (LUCIR: 1), or the constant ``scale`` with ``learn_scale=False`` (Cao et al.'s
+    ``NormedLinear`` for LDAM is ``scale=1``: plain cosines). There is no bias.
 
     Args:
         in_features: feature width.
-        learn_sigma: learn the scale ``sigma``; otherwise the logits are plain cosines.
+        learn_scale: learn ``sigma``; otherwise the cosines are multiplied by ``scale``.
+        scale: the initial or fixed value of ``sigma``.
     """
 
     sigma: nn.Parameter | None
 
-    def __init__(self, in_features: int, learn_sigma: bool = True) -> None:
+    def __init__(self, in_features: int, learn_scale: bool = True, scale: float = 1.0) -> None:
         super().__init__(in_features, bias=False)
-        if learn_sigma:
-            self.sigma = nn.Parameter(torch.ones(()))
+        self.fixed_scale = float(scale)
+        if learn_scale:
+            self.sigma = nn.Parameter(torch.full((), float(scale)))
         else:
             self.register_parameter("sigma", None)
 
@@ -160,7 +163,10 @@ class CosineLinear(_ExpandableHead):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         out = self.cosine(features) * self.class_scale
-        return out if self.sigma is None else self.sigma * out
+        if self.sigma is not None:
+            return self.sigma * out
+        return out if self.fixed_scale == 1.0 else self.fixed_scale * out
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, learn_sigma={self.sigma is not None}"
+        scale = "learned" if self.sigma is not None else f"fixed {self.fixed_scale:g}"
+        return f"{super().extra_repr()}, scale={scale}"

@@ -84,7 +84,7 @@ def create_network(
     if head == "linear":
         classifier = ExpandableLinear(backbone.out_dim)
     elif head == "cosine":
-        classifier = CosineLinear(backbone.out_dim)
+        classifier = CosineLinear(backbone.out_dim, cfg.learn_cosine_scale, cfg.cosine_scale)
     else:
         raise ConfigError(f"unknown head '{head}'; known: cosine, linear")
     return IncrementalNet(backbone, classifier)

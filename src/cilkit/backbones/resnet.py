@@ -28,6 +28,7 @@ class ResNetConfig(BackboneConfig):
     """imagenet: 7x7 stride-2 conv + max pool; cifar: 3x3 stride-1 conv, no pool (small images)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.stem not in ("imagenet", "cifar"):
             raise FieldError("stem", f"'{self.stem}' is not imagenet or cifar")
 

@@ -128,6 +128,14 @@ class BackboneConfig:
     name: str = "resnet32"
     head: Literal["linear", "cosine"] = "linear"
     """Classifier head: linear, or cosine (normalised features and weights; LDAM, LUCIR)."""
+    cosine_scale: float = 1.0
+    """Cosine head: the scale sigma multiplying the cosines (its initial value when learned)."""
+    learn_cosine_scale: bool = True
+    """Cosine head: learn sigma (LUCIR); false keeps it fixed, e.g. for LDAM, whose own scale s
+    multiplies cosines in [-1, 1] (Cao et al.'s NormedLinear)."""
+
+    def __post_init__(self) -> None:
+        _check(self.cosine_scale > 0, "cosine_scale", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -151,22 +159,39 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class RebalanceConfig:
-    """Two-stage rebalancing (Liu et al., ECCV 2022): after each task's training, a class-balanced
-    stage trains only the classifier's per-class scale (LWS) or re-trains the classifier (cRT)
-    on frozen features."""
+    """Two-stage rebalancing (Liu et al., "Long-Tailed Class Incremental Learning", ECCV 2022):
+    after each task's training, a class-balanced stage on frozen features.
 
-    method: Literal["lws", "crt"] = "lws"
-    """lws: learnable weight scaling of each class's logit; crt: re-initialise and re-train the
-    classifier."""
+    ``lws`` is Liu et al.'s stage 2 as in their code (``src/approach/lucir_2stage.py``): one
+    learnable scale per class, kept across tasks and re-trained from its previous value in every
+    later stage 2, trained together with the newest classes' classifier rows (the scales at
+    ``lr / lr_factor``); the scales multiply the logits at evaluation and in stage 2 only, so
+    training and distillation see unscaled logits. ``lws_fold`` trains the scales alone and
+    folds them into the classifier's rows (cilkit 0.1's form: later training, distillation and
+    WA's weight aligning then see the scaled rows). ``crt`` re-initialises and re-trains the
+    classifier (Kang et al., ICLR 2020).
+    """
+
+    method: Literal["lws", "lws_fold", "crt"] = "lws"
+    """lws: Liu et al.'s learnable weight scaling; lws_fold: scales folded into the rows;
+    crt: classifier re-training."""
     epochs: int = 30
+    """Epochs of the balanced stage (Liu et al.: 30)."""
     lr: float = 0.1
+    """Learning rate of the classifier rows (and of lws_fold's scales), cosine-annealed."""
+    lr_factor: float = 10.0
+    """lws: the scales' learning rate is lr / lr_factor (Liu et al.: 10)."""
     weight_decay: float = 5e-4
-    sampler: str = "class_aware"
-    """Sampler of the balanced stage (``cilkit list samplers``)."""
+    momentum: float = 0.9
+    sampler: SamplerConfig | None = None
+    """Sampler of the balanced stage (``cilkit list samplers``); None = Liu et al.'s class-aware
+    sampler, 4 consecutive samples per class visit (``{name: class_aware, samples_per_class: 4}``)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", "must be >= 1")
         _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.lr_factor > 0, "lr_factor", "must be > 0")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
 
 
 @dataclass(frozen=True)

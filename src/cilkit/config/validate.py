@@ -20,6 +20,7 @@ def validate_experiment(
     """
     from cilkit.buffers.selection import SELECTORS
     from cilkit.learners import LEARNERS
+    from cilkit.losses import LOSSES
 
     src = ConfigSource.of(source)
 
@@ -45,6 +46,18 @@ def validate_experiment(
         fail(
             "scenario.class_order",
             f"must be a permutation of 0..{num_classes - 1} ({len(sc.class_order)} values given)",
+        )
+
+    loss = cfg.learner.loss
+    bb = cfg.backbone
+    if LOSSES.get(loss.name).obj.needs_cosine_logits and (
+        bb.head != "cosine" or bb.learn_cosine_scale or bb.cosine_scale != 1.0
+    ):
+        fail(
+            "backbone.head",
+            f"loss '{loss.name}' expects cosines in [-1, 1] (a normalised head with a fixed "
+            "scale, as Cao et al.'s NormedLinear): set backbone.head=cosine, "
+            "backbone.learn_cosine_scale=false and backbone.cosine_scale=1",
         )
 
     learner = LEARNERS.get(cfg.learner.name).obj

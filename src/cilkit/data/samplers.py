@@ -143,31 +143,56 @@ class EffectiveNumberSampler(Sampler):
         return _resample(targets, n * weight, inverse, counts, generator)
 
 
+@dataclass(frozen=True)
+class ClassAwareSamplerConfig(SamplerConfig):
+    """Class-aware sampler options."""
+
+    name: str = "class_aware"
+    samples_per_class: int = 1
+    """Consecutive samples of a class per visit: 1 is Shen et al.'s round robin; Kang et al.'s
+    decoupling configs and Liu et al.'s two-stage LT-CIL code use 4."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_class < 1:
+            raise FieldError("samples_per_class", "must be >= 1")
+
+
 @register_sampler("class_aware")
 class ClassAwareSampler(Sampler):
-    """Class-aware round-robin sampling (Shen et al., ECCV 2016): cycle classes, next sample each.
+    """Class-aware round-robin sampling (Shen et al., ECCV 2016): cycle the classes, take the
+    next ``samples_per_class`` samples of each.
 
     The epoch is a sequence of cycles; each cycle visits every class once in a freshly shuffled
-    order and takes that class's next sample from its own shuffled list, which is reshuffled
-    whenever it is exhausted. Each aligned block of ``K`` positions (``K`` classes) therefore holds
-    one sample of every class; the epoch has ``len(targets)`` positions (the last cycle may be
-    partial). Fully vectorised: per-class lists are built with two stable sorts.
+    order and takes that class's next ``samples_per_class`` samples from its own shuffled list,
+    which is reshuffled whenever it is exhausted. With one sample per visit, each aligned block of
+    ``K`` positions (``K`` classes) holds one sample of every class. The epoch has
+    ``len(targets)`` positions (the last visit or cycle may be partial), like the reference
+    implementations (Kang et al.'s and Liu et al.'s ``ClassAwareSampler``). Fully vectorised:
+    per-class lists are built with two stable sorts.
+
+    Args:
+        cfg: a :class:`ClassAwareSamplerConfig`.
     """
+
+    config_cls = ClassAwareSamplerConfig
+    cfg: ClassAwareSamplerConfig
 
     def __call__(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         length = len(targets)
         if length == 0:
             return torch.zeros(0, dtype=torch.long)
+        per_visit = self.cfg.samples_per_class
         inverse, counts = _class_index(targets)
         k = len(counts)
-        cycles = -(-length // k)
-        # Class visited at each position: one random permutation of the classes per cycle.
-        order = torch.rand(cycles, k, generator=generator).argsort(dim=1).flatten()[:length]
-        # Occurrence r of class c is position r of the concatenation of ceil(cycles / n_c)
+        visits = -(-length // per_visit)
+        cycles = -(-visits // k)
+        # Class visited at each visit: one random permutation of the classes per cycle.
+        order = torch.rand(cycles, k, generator=generator).argsort(dim=1).flatten()[:visits]
+        # Draw r of class c is position r of the concatenation of ceil(cycles * s / n_c)
         # independent shuffles of that class's samples. Build all those shuffles at once: each
         # sample is repeated once per round of its class, then entries are sorted by
         # (class, round) with random order inside each group.
-        rounds = -(-cycles // counts)  # per class
+        rounds = -(-(cycles * per_visit) // counts)  # per class
         reps = rounds[inverse]
         sample = torch.repeat_interleave(torch.arange(length), reps)
         group_start = torch.cumsum(reps, 0) - reps
@@ -177,5 +202,7 @@ class ClassAwareSampler(Sampler):
         ordered = shuffle[torch.sort(key[shuffle], stable=True).indices]
         lists = sample[ordered]
         class_start = torch.cumsum(counts * rounds, 0) - counts * rounds
-        occurrence = torch.arange(length) // k
-        return lists[class_start[order] + occurrence]
+        visit_of_class = torch.arange(visits) // k  # the how-many-th visit of its class
+        first = class_start[order] + visit_of_class * per_visit
+        draws = first[:, None] + torch.arange(per_visit)
+        return lists[draws.flatten()[:length]]

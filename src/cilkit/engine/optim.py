@@ -3,25 +3,63 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from cilkit.config.schema import OptimConfig
 
+ParamGroup = dict[str, Any]
+"""``{"params": [...], "lr_scale": 0.1, "weight_decay_scale": 0.0}``: parameters whose learning
+rate and weight decay are the optimiser config's times these factors (default 1)."""
+
+
+def param_groups(
+    params: Sequence[nn.Parameter | ParamGroup], cfg: OptimConfig, task_id: int
+) -> list[dict[str, Any]]:
+    """torch parameter groups with the task's learning rate and weight decay applied.
+
+    ``params`` holds parameters (the config's values) and :data:`ParamGroup` dicts (scaled
+    values); parameters given bare form one group.
+    """
+    lr, weight_decay, _ = cfg.for_task(task_id)
+    bare = [p for p in params if isinstance(p, nn.Parameter)]
+    groups = [{"params": bare}] if bare else []
+    groups += [dict(g) for g in params if not isinstance(g, nn.Parameter)]
+    out = []
+    for g in groups:
+        unknown = set(g) - {"params", "lr_scale", "weight_decay_scale"}
+        if unknown:
+            raise ValueError(f"unknown parameter group keys {sorted(unknown)}")
+        out.append(
+            {
+                "params": list(g["params"]),
+                "lr": lr * g.get("lr_scale", 1.0),
+                "weight_decay": weight_decay * g.get("weight_decay_scale", 1.0),
+            }
+        )
+    return out
+
 
 def build_optimizer(
-    params: list[nn.Parameter], cfg: OptimConfig, task_id: int
+    params: Sequence[nn.Parameter | ParamGroup], cfg: OptimConfig, task_id: int
 ) -> torch.optim.Optimizer:
-    """The task's optimiser (first-task ``init_*`` values apply to task 0)."""
-    lr, weight_decay, _ = cfg.for_task(task_id)
+    """The task's optimiser (first-task ``init_*`` values apply to task 0).
+
+    Args:
+        params: parameters, and :data:`ParamGroup` dicts for parameters whose learning rate or
+            weight decay differ by a factor.
+        cfg: optimiser config.
+        task_id: the task (0 uses the ``init_*`` values).
+    """
+    groups = param_groups(params, cfg, task_id)
     if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=cfg.momentum, weight_decay=weight_decay, nesterov=cfg.nesterov
-        )
+        return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(groups)
+    return torch.optim.AdamW(groups)
 
 
 def lr_factor(cfg: OptimConfig, task_id: int, epoch: int, epochs: int) -> float:

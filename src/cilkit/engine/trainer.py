@@ -40,7 +40,7 @@ from cilkit.engine.data import Batch, DeviceSplit
 from cilkit.engine.distributed import Distributed
 from cilkit.engine.evaluate import predict_split, task_metrics
 from cilkit.engine.logger import RunLogger, capture_records
-from cilkit.engine.optim import build_optimizer, build_scheduler
+from cilkit.engine.optim import ParamGroup, build_optimizer, build_scheduler
 from cilkit.engine.progress import Progress
 from cilkit.engine.runtime import autocast, autocast_dtype, resolve_device, seed_everything
 from cilkit.errors import CheckpointError, CilkitError, RunInterrupted
@@ -447,7 +447,7 @@ class Trainer:
         s: Setup,
         *,
         label: str,
-        params: list[torch.nn.Parameter],
+        params: list[torch.nn.Parameter | ParamGroup],
         optim: OptimConfig,
         task_id: int,
         epochs: int,

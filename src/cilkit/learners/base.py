@@ -71,7 +71,9 @@ class TrainingStage:
 
     Attributes:
         name: shown in the progress bar.
-        parameters: what the stage's optimiser updates.
+        parameters: what the stage's optimiser updates: parameters, and parameter groups
+            (``{"params": [...], "lr_scale": 0.1}``) whose learning rate or weight decay is a
+            multiple of ``optim``'s.
         epochs: number of epochs.
         optim: optimiser and schedule.
         step: the stage's loss for one batch.
@@ -81,7 +83,7 @@ class TrainingStage:
     """
 
     name: str
-    parameters: list[nn.Parameter]
+    parameters: list[nn.Parameter | dict]
     epochs: int
     optim: OptimConfig
     step: Callable[[Batch], StepOutput]
@@ -179,7 +181,10 @@ class Learner(nn.Module):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """CNN logits, and nearest-mean-of-exemplars scores when class means exist."""
         features = self.network.forward_features(x)
-        out = {"cnn": self.loss_fn.adjust_logits(self.network.forward_head(features))}
+        logits = self.network.forward_head(features)
+        if self.rebalancer is not None:
+            logits = self.rebalancer.apply(logits)  # LWS scales act at evaluation only
+        out = {"cnn": self.loss_fn.adjust_logits(logits)}
         if len(self.class_means) == self.num_seen_classes and self.num_seen_classes:
             out["nme"] = nme_logits(features.float(), self.class_means)
         return out

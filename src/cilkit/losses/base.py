@@ -27,6 +27,8 @@ class ClassificationLoss(nn.Module):
     config_cls: ClassVar[type[LossConfig]] = LossConfig
     needs_features: ClassVar[bool] = False
     """The loss also needs the features (``forward(logits, targets, features)``)."""
+    needs_cosine_logits: ClassVar[bool] = False
+    """The loss expects cosines in [-1, 1]: a cosine head with a fixed scale of 1."""
 
     def __init__(self, cfg: LossConfig) -> None:
         super().__init__()

@@ -192,17 +192,19 @@ class LDAMLoss(_CountsLoss):
     Margins ``m_j = C / n_j^{1/4}`` with ``C`` chosen so the largest margin is ``max_m`` (0.5);
     the loss is ``CE(s * (z - m_y e_y), y)``: the target logit loses its class's margin, then all
     logits are multiplied by ``s`` (30), as in the official code (github.com/kaidic/LDAM-DRW).
-    LDAM expects cosine logits in [-1, 1]: use ``backbone.head: cosine``. Our
-    :class:`~cilkit.backbones.heads.CosineLinear` outputs ``sigma * cos`` with a learnable
-    ``sigma`` initialised to 1, so its logits start as cosines and ``s`` sets the softmax
-    temperature. LDAM-DRW (the paper's best) is ``{name: ldam, drw_start_epoch: 160}`` for 200
-    epochs: the base class switches to effective-number weights (beta 0.9999) at epoch 160.
+    LDAM expects cosines in [-1, 1], as the official ``NormedLinear`` head gives: the run must use
+    ``backbone: {head: cosine, learn_cosine_scale: false, cosine_scale: 1}`` and is refused
+    otherwise. (With a learnable head scale sigma the loss would be ``CE(s (sigma cos - m))``:
+    sigma grows during training and shrinks every margin relative to the logits.) LDAM-DRW (the
+    paper's best) is ``{name: ldam, drw_start_epoch: 160}`` for 200 epochs: the base class
+    switches to effective-number weights (beta 0.9999) at epoch 160.
 
     Args:
         cfg: an :class:`LDAMLossConfig`.
     """
 
     config_cls = LDAMLossConfig
+    needs_cosine_logits = True
     cfg: LDAMLossConfig
 
     def margins(self) -> torch.Tensor:
