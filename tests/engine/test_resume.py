@@ -198,7 +198,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_naming_task_epoch_step_and_keeps_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny("finetune")
+    cfg = tiny("replay")
     original = Learner.training_step
 
     def training_step(self, batch):
