@@ -18,11 +18,12 @@ class WAConfig(LearnerConfig):
     kd_temperature: float = 2.0
     """Temperature of the distillation on the old classes' logits."""
     kd_weight: float | None = None
-    """None = the paper's ``(1 - l) CE + l KD`` with ``l = old / seen classes``; a number w gives
-    ``CE + w KD`` (PyCIL's current code uses 2)."""
-    clip_weights: bool = False
-    """Clip the classifier's weights to be non-negative after every step (the paper's option;
-    PyCIL leaves it off)."""
+    """None = the paper's ``(1 - l) CE + l KD`` with ``l = old / seen classes`` (PyCIL's
+    ``wa.py`` since February 2023); a number w gives ``CE + w KD`` (PyCIL before then used 2)."""
+    clip_weights: bool = True
+    """Clip the classifier's weights to be non-negative after every step, as the paper does
+    (Sec. 3.3). PyCIL never clips: set false to match it. On digits (3 seeds) clipping gave +1.8
+    average incremental and +5.3 last accuracy (docs/REPRODUCIBILITY.md)."""
 
 
 @torch.no_grad()
@@ -42,8 +43,11 @@ class WA(Learner):
     """WA: distillation plus weight aligning of the classifier after each task.
 
     Zhao et al., "Maintaining Discrimination and Fairness in Class Incremental Learning",
-    CVPR 2020. The loss is ``(1 - l) CE + l KD`` with ``l = old / seen classes``; after training
-    the new classes' weight vectors are scaled so their mean norm matches the old classes'.
+    CVPR 2020. The loss is ``(1 - l) CE + l KD`` with ``l = old / seen classes``; the classifier's
+    weights are clipped to be non-negative after every step; after training the new classes'
+    weight vectors are scaled so their mean norm matches the old classes'. PyCIL's ``wa.py``
+    differs in one point: it never clips (``clip_weights: false``); its loss has been the
+    paper's since February 2023 (``CE + 2 KD`` before, ``kd_weight: 2``).
     """
 
     config_cls = WAConfig
