@@ -23,6 +23,10 @@ class CheckpointError(CilkitError):
     """A checkpoint or run directory cannot be used."""
 
 
+class TrainingError(CilkitError):
+    """Training cannot go on (a NaN loss, ...)."""
+
+
 class RunInterrupted(CilkitError):
     """Ctrl-C: a consistent checkpoint was written; the run can be resumed."""
 

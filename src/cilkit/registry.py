@@ -1,7 +1,10 @@
-"""timm-style registries: filled by explicit imports, one ``create`` verb each, duplicates refused."""
+"""timm-style registries: filled by explicit imports, one ``create`` verb each, duplicates refused,
+and one registry of registries (:func:`get_registry`) through which the config loader and the CLI
+find every kind by name, without an if-chain and without importing what they do not need."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -76,3 +79,28 @@ class Registry(Generic[T]):
     def entries(self) -> list[Entry[T]]:
         """Registered entries, sorted by name."""
         return [self._entries[n] for n in self.names()]
+
+
+REGISTRIES: dict[str, tuple[str, str]] = {
+    "learner": ("cilkit.learners", "LEARNERS"),
+    "backbone": ("cilkit.backbones", "BACKBONES"),
+    "head": ("cilkit.backbones", "HEADS"),
+    "dataset": ("cilkit.data", "DATASETS"),
+    "buffer": ("cilkit.buffers", "SELECTORS"),
+    "loss": ("cilkit.losses", "LOSSES"),
+    "sampler": ("cilkit.data.samplers", "SAMPLERS"),
+}
+"""Every kind of registered component: the package whose import fills its registry, and the
+registry's name there."""
+
+
+def get_registry(kind: str) -> Registry[Any]:
+    """The filled registry of ``kind`` (``learner``, ``backbone``, ``head``, ``dataset``,
+    ``buffer``, ``loss``, ``sampler``); importing its package registers every entry."""
+    try:
+        module, name = REGISTRIES[kind]
+    except KeyError:
+        known = ", ".join(REGISTRIES)
+        message = f"unknown kind '{kind}'{did_you_mean(kind, REGISTRIES)}; known: {known}"
+        raise ConfigError(message) from None
+    return getattr(importlib.import_module(module), name)

@@ -77,7 +77,7 @@ def test_resnet18_stems(stem: str, stem_size: int) -> None:
     model = create_backbone(ResNetConfig(name="resnet18", stem=stem), 3)  # type: ignore[arg-type]
     x = torch.randn(2, 3, 32, 32)
     assert model.stem(x).shape == (2, 64, stem_size, stem_size)
-    final = model.layer4(model.layer3(model.layer2(model.layer1(model.stem(x)))))
+    final = model.forward_intermediates(x)[1][-1]
     assert final.shape[-1] == max(1, stem_size // 8)
     assert model(x).shape == (2, 512)
 
@@ -140,11 +140,12 @@ def test_head_expand_keeps_old_classes(head_cls: type) -> None:
     out = head(x)
     assert out.shape == (5, 7)
     torch.testing.assert_close(out[:, :3], first, rtol=0, atol=1e-6)
-    # One weight (and one bias / sigma) parameter, all trainable.
+    # One weight (and bias) chunk per expand, all trainable; sigma for the cosine head.
     params = dict(head.named_parameters())
-    assert set(params) <= {"weight", "bias", "sigma"}
+    assert set(params) <= {"weights.0", "weights.1", "biases.0", "biases.1", "sigma"}
+    assert [w.shape[0] for w in head.weights] == [3, 4]
     out.sum().backward()
-    assert head.weight.grad is not None and head.weight.grad.shape == (7, 8)
+    assert all(w.grad is not None for w in head.weights)
     with pytest.raises(ValueError):
         head.expand(-1)
 
@@ -215,7 +216,7 @@ def test_incremental_net() -> None:
     assert isinstance(
         create_network(BackboneConfig(name="resnet20"), 3, head="cosine").head, CosineLinear
     )
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown head"):
         create_network(BackboneConfig(name="resnet20"), 3, head="mlp")
 
 
@@ -242,3 +243,133 @@ def test_copy_frozen_is_frozen_and_independent() -> None:
         p.data_ptr() != q.data_ptr()
         for p, q in zip(old.parameters(), net.parameters(), strict=False)
     )
+
+
+# ---- addressable features: every registered backbone, checked against real outputs ----------
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("size", [8, 32])
+def test_feature_info_matches_forward_intermediates(name: str, size: int) -> None:
+    """timm-style: ``feature_info`` gives each stage's channels and reduction; the maps
+    ``forward_intermediates`` returns have exactly those; the pooled output is ``forward``'s."""
+    torch.manual_seed(0)
+    model = create_backbone(BackboneConfig(name=name), 3).eval()
+    x = torch.randn(2, 3, size, size)
+    pooled, maps = model.forward_intermediates(x)
+    assert len(maps) == len(model.feature_info) >= 3
+    for info, fmap in zip(model.feature_info, maps, strict=True):
+        assert fmap.shape[1] == info.channels, info
+        assert fmap.shape[-1] == max(1, -(-size // info.reduction)), info
+        assert model.get_submodule(info.name) is not None
+    assert model.feature_info[-1].channels == model.out_dim
+    torch.testing.assert_close(pooled, model(x))
+    torch.testing.assert_close(pooled, maps[-1].mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_last_block_before_its_relu(name: str) -> None:
+    """LUCIR and PODNet read the last block before its ReLU: the same map, unrectified."""
+    torch.manual_seed(0)
+    model = create_backbone(BackboneConfig(name=name), 3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with_relu, maps = model.forward_intermediates(x)
+    pre, pre_maps = model.forward_intermediates(x, last_relu=False)
+    assert (pre_maps[-1] < 0).any() and (maps[-1] >= 0).all()
+    torch.testing.assert_close(torch.relu(pre_maps[-1]), maps[-1])  # (ReLU commutes with max-pool)
+    for a, b in zip(maps[:-1], pre_maps[:-1], strict=True):
+        torch.testing.assert_close(a, b)
+    model.last_relu = False
+    torch.testing.assert_close(model(x), pre)
+    assert not torch.allclose(pre, with_relu)
+
+
+# ---- the head growth protocol ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head_cls", [ExpandableLinear, CosineLinear])
+def test_head_expand_inputs_keeps_old_columns(head_cls: type) -> None:
+    torch.manual_seed(0)
+    head = head_cls(4)
+    head.expand(3)
+    head.expand(2)
+    old = head.weight.detach().clone()
+    head.expand_inputs(6)
+    assert head.in_features == 10 and head.weight.shape == (5, 10)
+    assert torch.equal(head.weight[:, :4], old)
+    assert head(torch.randn(2, 10)).shape == (2, 5)
+    fresh = head_cls(4)
+    fresh.load_state_dict(head.state_dict())  # a checkpoint of a widened head loads
+    assert fresh.in_features == 10 and torch.equal(fresh.weight, head.weight)
+
+
+def test_head_scale_and_reset_rows() -> None:
+    torch.manual_seed(0)
+    head = ExpandableLinear(4)
+    head.expand(2)
+    head.expand(3)
+    w, b = head.weight.detach().clone(), head.bias.detach().clone()
+    scale = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    head.scale_weights_(scale)
+    assert torch.equal(head.weight, w * scale[:, None]) and torch.equal(head.bias, b * scale)
+    head.scale_rows(scale)
+    assert torch.equal(head.class_scale, scale)
+    head.reset_rows()
+    assert torch.equal(head.class_scale, torch.ones(5))
+    assert not torch.equal(head.weight, w * scale[:, None])
+    head.clamp_weights_(min=0.0)
+    assert (head.weight >= 0).all()
+
+
+def test_heads_come_from_a_registry() -> None:
+    from cilkit.backbones import HEADS, create_head
+
+    assert {"linear", "cosine"} <= set(HEADS.names())
+    assert isinstance(create_head("cosine", BackboneConfig(), 8), CosineLinear)
+    with pytest.raises(ConfigError, match="unknown head 'mlp'"):
+        create_head("mlp", BackboneConfig(), 8)
+
+
+# ---- frozen parts and branched networks --------------------------------------------------------
+
+
+def test_frozen_stays_in_eval_whatever_its_parent_is_set_to() -> None:
+    from torch import nn
+
+    from cilkit.backbones import Frozen
+
+    net = create_network(BackboneConfig(name="convnet4"), 3)
+    net.expand(2)
+    parent = nn.ModuleDict({"teacher": Frozen(net), "student": nn.BatchNorm1d(3)})
+    parent.train()
+    assert parent["student"].training
+    assert not any(m.training for m in parent["teacher"].modules())
+    assert not any(p.requires_grad for p in parent["teacher"].parameters())
+    assert parent["teacher"].num_classes == 2  # attributes fall through
+
+
+def test_branched_net_grows_freezes_and_reloads() -> None:
+    from cilkit.backbones import BranchedNet, Frozen, create_head
+
+    torch.manual_seed(0)
+    cfg = BackboneConfig(name="convnet4")
+
+    def build():
+        return create_backbone(cfg, 3)
+
+    net = BranchedNet(build(), create_head("linear", cfg, 64), build)
+    net.expand(2)
+    net.add_branch()
+    net.expand(3)
+    assert len(net.branches) == 2 and net.feature_dim == 128 and net.head.in_features == 128
+    assert isinstance(net.branches[0], Frozen) and not isinstance(net.branches[1], Frozen)
+    x = torch.randn(2, 3, 16, 16)
+    net.train()
+    assert not net.branches[0].training and net.branches[1].training
+    net.eval()
+    expected = net(x)
+    fresh = BranchedNet(build(), create_head("linear", cfg, 64), build)
+    fresh.load_state_dict(net.state_dict())
+    fresh.eval()
+    assert len(fresh.branches) == 2 and isinstance(fresh.branches[0], Frozen)
+    torch.testing.assert_close(fresh(x), expected)

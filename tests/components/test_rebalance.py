@@ -41,11 +41,18 @@ def test_lws_fold_stage_changes_only_the_class_scaling(tmp_path, learner):
     plain.fit(stop_after_task=0)
     a, b = _learner_state(tmp_path / "plain"), _learner_state(tmp_path / "lws")
     assert set(a) == set(b) - {"rebalancer.lws_scale"}
-    scale = b["network.head.bias"] / a["network.head.bias"]
+    scale = b["network.head.biases.0"] / a["network.head.biases.0"]
     assert not torch.allclose(scale, torch.ones(5))  # a scaling was learned ...
-    assert torch.allclose(b["network.head.weight"], a["network.head.weight"] * scale[:, None])
+    w = "network.head.weights.0"
+    assert torch.allclose(b[w], a[w] * scale[:, None])
     for key in a:  # ... and nothing else changed
-        skip = ("_extra_state", "loss_fn", "network.head.weight", "network.head.bias", "rebalancer")
+        skip = (
+            "_extra_state",
+            "loss_fn",
+            "network.head.weights",
+            "network.head.biases",
+            "rebalancer",
+        )
         if key.startswith(skip):
             continue
         assert torch.equal(a[key], b[key]), key
@@ -78,16 +85,18 @@ def test_rebalanced_run_resumes_exactly(tmp_path):
 
 def _stage_snapshots(monkeypatch):
     """The learner's state before and after each stage the engine runs."""
-    snapshots = []
-    original = Trainer.run_stage
+    import cilkit.engine.trainer as trainer_mod
 
-    def run_stage(self, s, stage, *args, **kwargs):
-        before = {k: v.detach().clone() for k, v in s.learner.state_dict().items() if "." in k}
-        original(self, s, stage, *args, **kwargs)
-        after = {k: v.detach().clone() for k, v in s.learner.state_dict().items() if "." in k}
+    snapshots = []
+    original = trainer_mod.run_stage
+
+    def run_stage(run, stage, *args, **kwargs):
+        before = {k: v.detach().clone() for k, v in run.learner.state_dict().items() if "." in k}
+        original(run, stage, *args, **kwargs)
+        after = {k: v.detach().clone() for k, v in run.learner.state_dict().items() if "." in k}
         snapshots.append((before, after))
 
-    monkeypatch.setattr(Trainer, "run_stage", run_stage)
+    monkeypatch.setattr(trainer_mod, "run_stage", run_stage)
     return snapshots
 
 
@@ -100,12 +109,10 @@ def test_lws_trains_the_scales_and_the_newest_rows_only(tmp_path, monkeypatch, h
     (_, after0), (before1, after1) = snapshots
     assert torch.equal(before1["rebalancer.lws_scale"][:5], after0["rebalancer.lws_scale"])
     changed = {k for k in before1 if not torch.equal(before1[k], after1[k])}
-    expected = {"network.head.weight", "rebalancer.lws_scale"}
-    expected |= {"network.head.bias"} if head == "linear" else {"network.head.sigma"}
+    expected = {"network.head.weights.1", "rebalancer.lws_scale"}  # the newest task's chunk
+    expected |= {"network.head.biases.1"} if head == "linear" else {"network.head.sigma"}
     assert changed == expected  # no backbone weight, no BN statistic, no teacher
-    old = slice(0, 5)
-    assert torch.equal(before1["network.head.weight"][old], after1["network.head.weight"][old])
-    assert not torch.equal(before1["network.head.weight"][5:], after1["network.head.weight"][5:])
+    assert torch.equal(before1["network.head.weights.0"], after1["network.head.weights.0"])
     scales = after1["rebalancer.lws_scale"]
     assert len(scales) == 10 and not torch.equal(scales[:5], before1["rebalancer.lws_scale"][:5])
     assert torch.equal(after1["network.head.class_scale"], torch.ones(10))  # nothing folded
@@ -131,10 +138,10 @@ def test_lws_scales_act_at_evaluation_only(tmp_path):
 
 
 def test_lws_scales_learn_at_lr_over_lr_factor(tmp_path, monkeypatch):
-    import cilkit.engine.trainer as trainer_mod
+    import cilkit.engine.loop as loop_mod
 
     seen = []
-    original = trainer_mod.build_optimizer
+    original = loop_mod.build_optimizer
 
     def build_optimizer(params, optim, task_id):
         optimizer = original(params, optim, task_id)
@@ -143,7 +150,7 @@ def test_lws_scales_learn_at_lr_over_lr_factor(tmp_path, monkeypatch):
         )
         return optimizer
 
-    monkeypatch.setattr(trainer_mod, "build_optimizer", build_optimizer)
+    monkeypatch.setattr(loop_mod, "build_optimizer", build_optimizer)
     c = cfg("learner.rebalance={method: lws, epochs: 1, lr: 0.2, lr_factor: 8}")
     Trainer(c, tmp_path, log=None).fit(stop_after_task=0)
     rows, scales = seen[-1]  # the stage's optimiser (after the task's own)

@@ -104,7 +104,7 @@ def test_resumed_two_process_run_equals_the_uninterrupted_one(tmp_path):
     latest = killed / "checkpoints" / "LATEST"
     try:
         while proc.poll() is None:  # inside task 1, after a few of its epochs
-            if latest.exists() and "task-001-epoch-0004" in latest.read_text():
+            if latest.exists() and "task-001-train-epoch-0004" in latest.read_text():
                 break
             time.sleep(0.01)
     finally:

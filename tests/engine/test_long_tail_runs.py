@@ -8,9 +8,9 @@ import json
 import pytest
 
 from cilkit.cli.main import main
+from cilkit.components.plugin_tuning import TuneOptions, tune
 from cilkit.config import build_config
 from cilkit.engine.trainer import Trainer
-from cilkit.engine.tune import TuneOptions, tune
 from cilkit.errors import CheckpointError, ConfigError
 
 

@@ -149,7 +149,7 @@ def test_kill_9_mid_run_then_resume(tmp_path, uninterrupted):
     latest = out / "checkpoints" / "LATEST"
     try:
         while proc.poll() is None:
-            if latest.exists() and "task-001-epoch" in latest.read_text():
+            if latest.exists() and "task-001-train-epoch" in latest.read_text():
                 break
             time.sleep(0.005)
     finally:
@@ -231,18 +231,20 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
         return real_fsync(fd)
 
     state["armed"] = False
-    original = Trainer._checkpoint
+    import cilkit.engine.trainer as trainer_mod
 
-    def checkpoint(self, *args, **kwargs):
+    original = trainer_mod.write_checkpoint
+
+    def checkpoint(*args, **kwargs):
         state["calls"] += 1
         state["armed"] = state["calls"] == 2
         try:
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
         finally:
             state["armed"] = False
 
     monkeypatch.setattr(io.os, "fsync", fsync)
-    monkeypatch.setattr(Trainer, "_checkpoint", checkpoint)
+    monkeypatch.setattr(trainer_mod, "write_checkpoint", checkpoint)
     with pytest.raises(CheckpointError, match="No space left on device.*task-000.json is still"):
         Trainer(cfg, tmp_path, log=None).fit()
     monkeypatch.undo()
@@ -264,7 +266,7 @@ def test_resume_of_a_run_that_never_finished_a_task_starts_over(tmp_path, uninte
 
 def test_config_is_written_before_the_data_loads(tmp_path, monkeypatch, uninterrupted):
     """A kill while the data loads (tens of seconds on big sets) leaves a resumable run."""
-    import cilkit.engine.trainer as trainer_mod
+    import cilkit.engine.build as build_mod
 
     expected, _ = uninterrupted("replay")
     cfg = tiny("replay")
@@ -273,7 +275,7 @@ def test_config_is_written_before_the_data_loads(tmp_path, monkeypatch, uninterr
         assert (tmp_path / "config.yaml").exists()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer_mod, "create_dataset", killed)
+    monkeypatch.setattr(build_mod, "create_dataset", killed)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, tmp_path, log=None).fit()
     monkeypatch.undo()

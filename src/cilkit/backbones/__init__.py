@@ -1,16 +1,37 @@
 """Feature extractors (``cilkit list backbones``), growing heads and the incremental network."""
 
 from cilkit.backbones import convnet, resnet, resnet_cifar  # noqa: F401  (registration)
-from cilkit.backbones.base import BACKBONES, create_backbone, register_backbone
-from cilkit.backbones.heads import CosineLinear, ExpandableLinear
-from cilkit.backbones.network import IncrementalNet, create_network
+from cilkit.backbones.base import (
+    BACKBONES,
+    Backbone,
+    FeatureInfo,
+    create_backbone,
+    register_backbone,
+)
+from cilkit.backbones.heads import (
+    HEADS,
+    CosineLinear,
+    ExpandableLinear,
+    Head,
+    create_head,
+    register_head,
+)
+from cilkit.backbones.network import BranchedNet, Frozen, IncrementalNet, create_network
 
 __all__ = [
     "BACKBONES",
+    "HEADS",
+    "Backbone",
+    "BranchedNet",
     "CosineLinear",
     "ExpandableLinear",
+    "FeatureInfo",
+    "Frozen",
+    "Head",
     "IncrementalNet",
     "create_backbone",
+    "create_head",
     "create_network",
     "register_backbone",
+    "register_head",
 ]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cilkit.backbones.base import register_backbone
+from cilkit.backbones.base import Backbone, FeatureInfo, register_backbone
+from cilkit.backbones.blocks import init_weights
 from cilkit.config.schema import BackboneConfig, FieldError
 
 
@@ -37,18 +38,20 @@ class _ConvBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn(self.conv(x)))
+    def forward(self, x: torch.Tensor, relu: bool = True) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        if relu:
+            x = torch.relu(x)
         if x.shape[-2] > 1 or x.shape[-1] > 1:
             x = self.pool(x)
         return x
 
 
-class ConvNet(nn.Module):
-    """``blocks`` conv blocks (four by default) followed by global average pooling.
+class ConvNet(Backbone):
+    """``blocks`` conv blocks (four by default) followed by global average pooling; each block
+    is one stage.
 
     Args:
         in_channels: image channels.
@@ -62,24 +65,20 @@ class ConvNet(nn.Module):
     def __init__(self, in_channels: int = 3, hidden: int = 64, blocks: int = 4) -> None:
         super().__init__()
         channels = [in_channels] + [hidden] * blocks
-        self.blocks = nn.Sequential(
-            *(_ConvBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:], strict=False))
+        self.stem = nn.Identity()
+        self.stages = nn.ModuleList(
+            nn.Sequential(_ConvBlock(c_in, c_out))
+            for c_in, c_out in zip(channels, channels[1:], strict=False)
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_dim = hidden
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.blocks(x)), 1)
+        self.feature_info = [
+            FeatureInfo(f"stages.{i}", hidden, 2 ** (i + 1)) for i in range(blocks)
+        ]
+        init_weights(self)
 
 
 @register_backbone("convnet4", config=ConvNetConfig)
-def convnet4(cfg: BackboneConfig, in_channels: int) -> nn.Module:
+def convnet4(cfg: BackboneConfig, in_channels: int) -> Backbone:
     """4-block ConvNet of prototypical networks (64-d features, any input size from 8x8 up)."""
     hidden = cfg.hidden if isinstance(cfg, ConvNetConfig) else ConvNetConfig.hidden
     return ConvNet(in_channels, hidden)

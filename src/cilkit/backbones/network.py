@@ -1,35 +1,72 @@
-"""A backbone plus a growing classifier head: the network every learner trains."""
+"""The networks learners train: a backbone plus a growing head, or several backbones side by side
+(DER), and the frozen wrapper that keeps a teacher or an old extractor in eval mode."""
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from cilkit.backbones.base import create_backbone
-from cilkit.backbones.heads import CosineLinear, ExpandableLinear
+from cilkit.backbones.base import Backbone, create_backbone
+from cilkit.backbones.heads import Head, create_head
 from cilkit.config.schema import BackboneConfig
-from cilkit.errors import ConfigError
+
+
+class Frozen(nn.Module):
+    """A module kept in eval mode with gradients off, whatever mode its parents are put in.
+
+    ``learner.train()`` reaches every submodule; a frozen teacher (iCaRL's old network), DER's
+    previous extractors or MEMO's shared blocks must still normalise with their running
+    statistics and never update them, so the freezing is part of the structure: this wrapper's
+    ``train`` ignores its argument. Attribute access falls through to the wrapped module.
+
+    Args:
+        module: the module to freeze (its parameters get ``requires_grad=False``).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module.requires_grad_(False).eval()
+        self.training = False
+
+    def train(self, mode: bool = True) -> Frozen:
+        """Stay in eval mode (``mode`` is ignored)."""
+        self.training = False
+        self.module.eval()
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
 
 
 class IncrementalNet(nn.Module):
     """``head(backbone(x))`` where the head grows by whole classes.
 
     Args:
-        backbone: module mapping ``(B, C, H, W)`` to ``(B, backbone.out_dim)``.
-        head: classifier over the features with ``expand(num_new)`` and ``num_classes``
-            (:class:`ExpandableLinear` or :class:`CosineLinear`).
+        backbone: a :class:`Backbone` mapping ``(B, C, H, W)`` to ``(B, backbone.out_dim)``.
+        head: a :class:`Head` over the features.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: Backbone, head: Head) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
 
     @property
     def feature_dim(self) -> int:
-        """Width of the backbone's features."""
+        """Width of the features the head sees."""
         return int(self.backbone.out_dim)
 
     @property
@@ -38,7 +75,7 @@ class IncrementalNet(nn.Module):
         return int(self.head.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features ``(B, feature_dim)`` of images ``(B, C, H, W)``."""
+        """Features ``(B, feature_dim)`` of images ``(B, C, H, W)``."""
         return self.backbone(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -56,35 +93,108 @@ class IncrementalNet(nn.Module):
         """
         self.head.expand(num_new)
 
-    def copy_frozen(self) -> IncrementalNet:
-        """An independent deep copy in eval mode with gradients off (the old model to distil)."""
-        old = copy.deepcopy(self)
-        old.eval()
-        old.requires_grad_(False)
-        return old
+    def copy_frozen(self) -> Frozen:
+        """An independent copy, frozen (the old model to distil from)."""
+        return Frozen(copy.deepcopy(self))
+
+
+class BranchedNet(IncrementalNet):
+    """Several feature extractors side by side, their features concatenated, one head over all
+    (DER's super-feature extractor, Yan et al. 2021).
+
+    ``add_branch`` builds a new extractor (a copy of the newest one, as DER's code starts it),
+    freezes every earlier one (:class:`Frozen`) and widens the head. The number of branches and
+    which are frozen are read from a state dict's keys when it is loaded, so a checkpoint loads
+    into a freshly built network.
+
+    Args:
+        backbone: the first extractor.
+        head: the head over the concatenated features.
+        build_backbone: builds a fresh extractor of the same kind.
+    """
+
+    def __init__(
+        self, backbone: Backbone, head: Head, build_backbone: Callable[[], Backbone]
+    ) -> None:
+        nn.Module.__init__(self)
+        self.branches = nn.ModuleList([backbone])
+        self.head = head
+        self._build_backbone = build_backbone
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The newest extractor (the one being trained)."""
+        return self.branches[-1]
+
+    @property
+    def out_dim(self) -> int:
+        """Width of one extractor's features."""
+        return int(self.branches[0].out_dim)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.out_dim * len(self.branches)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+    def add_branch(self) -> None:
+        """Freeze every extractor, add a new one initialised from the newest, widen the head."""
+        newest = self.branches[-1]
+        fresh = self._build_backbone()
+        fresh.load_state_dict(_unwrap(newest).state_dict())
+        fresh.to(next(newest.parameters()).device)
+        for i, branch in enumerate(self.branches):
+            if not isinstance(branch, Frozen):
+                self.branches[i] = Frozen(branch)
+        self.branches.append(fresh)
+        self.head.expand_inputs(self.out_dim)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        pattern = re.compile(re.escape(prefix) + r"branches\.(\d+)\.(module\.)?")
+        found: dict[int, bool] = {}
+        for key in state_dict:
+            match = pattern.match(key)
+            if match:
+                found[int(match.group(1))] = match.group(2) is not None
+        for i in range(len(found)):
+            if i >= len(self.branches):
+                device = next(self.branches[0].parameters()).device
+                self.branches.append(self._build_backbone().to(device))
+            if found.get(i) and not isinstance(self.branches[i], Frozen):
+                self.branches[i] = Frozen(self.branches[i])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, Frozen) else module
 
 
 def create_network(
     cfg: BackboneConfig, in_channels: int, head: str | None = None
 ) -> IncrementalNet:
-    """Build the backbone named ``cfg.name`` with an empty expandable head.
+    """Build the backbone named ``cfg.name`` with an empty head.
 
     Args:
         cfg: backbone config.
         in_channels: image channels.
-        head: ``"linear"`` (:class:`ExpandableLinear`) or ``"cosine"`` (:class:`CosineLinear`);
-            None = ``cfg.head``.
+        head: a registered head (``linear``, ``cosine``); None = ``cfg.head`` (and ``linear``
+            when that is None too).
 
     Returns:
         An :class:`IncrementalNet` with 0 classes; call :meth:`IncrementalNet.expand` per task.
     """
     backbone = create_backbone(cfg, in_channels)
-    head = head or cfg.head
-    classifier: nn.Module
-    if head == "linear":
-        classifier = ExpandableLinear(backbone.out_dim)
-    elif head == "cosine":
-        classifier = CosineLinear(backbone.out_dim, cfg.learn_cosine_scale, cfg.cosine_scale)
-    else:
-        raise ConfigError(f"unknown head '{head}'; known: cosine, linear")
-    return IncrementalNet(backbone, classifier)
+    name = head or cfg.head or "linear"
+    return IncrementalNet(backbone, create_head(name, cfg, backbone.out_dim))

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cilkit.backbones.base import register_backbone
+from cilkit.backbones.base import Backbone, FeatureInfo, register_backbone
+from cilkit.backbones.blocks import init_weights, make_stages
 from cilkit.config.schema import BackboneConfig, FieldError
 
 
@@ -33,31 +32,7 @@ class ResNetConfig(BackboneConfig):
             raise FieldError("stem", f"'{self.stem}' is not imagenet or cifar")
 
 
-class _BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus the (projection) shortcut, then ReLU."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet with basic blocks, four stages of 64/128/256/512 channels and global average pooling.
 
     Args:
@@ -92,31 +67,13 @@ class ResNet(nn.Module):
         else:
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got '{stem}'")
         widths = (64, 128, 256, 512)
-        stages = []
-        in_planes = 64
-        for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True)):
-            stride = 1 if i == 0 else 2
-            stage = [_BasicBlock(in_planes, planes, stride)]
-            stage += [_BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
-            stages.append(nn.Sequential(*stage))
-            in_planes = planes
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.stages = make_stages(64, widths, layers, shortcut="B")
         self.out_dim = widths[-1]
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.pool(x), 1)
+        first = 4 if stem == "imagenet" else 1
+        self.feature_info = [
+            FeatureInfo(f"stages.{i}", c, first * 2**i) for i, c in enumerate(widths)
+        ]
+        init_weights(self)
 
 
 def _stem(cfg: BackboneConfig) -> Literal["imagenet", "cifar"]:
@@ -124,12 +81,12 @@ def _stem(cfg: BackboneConfig) -> Literal["imagenet", "cifar"]:
 
 
 @register_backbone("resnet18", config=ResNetConfig)
-def resnet18(cfg: BackboneConfig, in_channels: int) -> nn.Module:
+def resnet18(cfg: BackboneConfig, in_channels: int) -> Backbone:
     """ResNet-18 (basic blocks 2-2-2-2, 512-d features, ImageNet or CIFAR stem, 11.2M params)."""
     return ResNet((2, 2, 2, 2), in_channels, _stem(cfg))
 
 
 @register_backbone("resnet34", config=ResNetConfig)
-def resnet34(cfg: BackboneConfig, in_channels: int) -> nn.Module:
+def resnet34(cfg: BackboneConfig, in_channels: int) -> Backbone:
     """ResNet-34 (basic blocks 3-4-6-3, 512-d features, ImageNet or CIFAR stem, 21.3M params)."""
     return ResNet((3, 4, 6, 3), in_channels, _stem(cfg))

@@ -21,26 +21,16 @@ from typing import Any, TextIO
 from cilkit import __version__
 from cilkit.errors import CheckpointError, CilkitError, RunInterrupted, did_you_mean
 
-KINDS = ("learners", "backbones", "datasets", "buffers", "losses", "samplers")
-
-
-def _registries():
-    from cilkit.backbones import BACKBONES
-    from cilkit.buffers.selection import SELECTORS
-    from cilkit.data import datasets as _datasets  # noqa: F401  (registration)
-    from cilkit.data.base import DATASETS
-    from cilkit.data.samplers import SAMPLERS
-    from cilkit.learners import LEARNERS
-    from cilkit.losses import LOSSES
-
-    return {
-        "learners": LEARNERS,
-        "backbones": BACKBONES,
-        "datasets": DATASETS,
-        "buffers": SELECTORS,
-        "losses": LOSSES,
-        "samplers": SAMPLERS,
-    }
+KINDS = {
+    "learners": "learner",
+    "backbones": "backbone",
+    "heads": "head",
+    "datasets": "dataset",
+    "buffers": "buffer",
+    "losses": "loss",
+    "samplers": "sampler",
+}
+"""``cilkit list KIND`` -> the registry kind (:data:`cilkit.registry.REGISTRIES`)."""
 
 
 def quickstart_config_text() -> str:
@@ -122,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--overwrite", action="store_true")
 
     ls = sub.add_parser("list", help="list registered components with a one-line description")
-    ls.add_argument("kind", choices=KINDS)
+    ls.add_argument("kind", choices=list(KINDS))
 
     show = sub.add_parser(
         "show-config",
@@ -189,8 +179,8 @@ def _claim_run_dir(out: Path, overwrite: bool) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    from cilkit.components.plugin_tuning import TuneOptions, tune
     from cilkit.config.loader import parse_override
-    from cilkit.engine.tune import TuneOptions, tune
 
     loss: dict = {"name": args.loss}
     for text in args.loss_options:
@@ -215,7 +205,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    reg = _registries()[args.kind]
+    from cilkit.registry import get_registry
+
+    reg = get_registry(KINDS[args.kind])
     entries = reg.entries()
     width = max((len(e.name) for e in entries), default=0)
     for e in entries:
@@ -226,8 +218,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_show_config(args: argparse.Namespace) -> int:
     from cilkit.config import schema
     from cilkit.config.loader import describe_config
+    from cilkit.registry import get_registry
 
-    regs = _registries()
+    regs = {plural: get_registry(kind) for plural, kind in KINDS.items()}
     sections = {
         "data": schema.DataConfig,
         "scenario": schema.ScenarioConfig,

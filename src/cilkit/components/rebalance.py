@@ -26,18 +26,26 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from cilkit.backbones.heads import ExpandableLinear
+from cilkit.components.classifier import classifier_step
 from cilkit.config.schema import OptimConfig, RebalanceConfig
+from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.data.samplers import ClassAwareSamplerConfig, create_sampler
 
 if TYPE_CHECKING:
-    from cilkit.engine.data import Batch
-    from cilkit.learners.base import Learner, StepOutput, TaskContext, TrainingStage
+    from cilkit.learners.base import Learner
 
 LIU_SAMPLER = ClassAwareSamplerConfig(samples_per_class=4)
 """Liu et al.'s stage-2 sampler: class-aware, 4 consecutive samples per class visit."""
+
+
+class _Scales(nn.Module):
+    """A stage's learned per-class scales (saved with mid-stage checkpoints)."""
+
+    def __init__(self, initial: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(initial)
 
 
 class TwoStageRebalance(nn.Module):
@@ -65,9 +73,7 @@ class TwoStageRebalance(nn.Module):
         return logits * scale.to(logits.dtype)
 
     def stage(self, learner: Learner, ctx: TaskContext) -> TrainingStage:
-        """The balanced stage of the task ``ctx`` describes."""
-        from cilkit.learners.base import TrainingStage
-
+        """The balanced stage of the task ``ctx`` describes (built without changing anything)."""
         network = learner.network
         optim = OptimConfig(
             lr=self.cfg.lr,
@@ -81,94 +87,67 @@ class TwoStageRebalance(nn.Module):
             network.backbone.eval()  # batch-norm statistics stay those of the first stage
 
         build = {"lws": self._lws, "lws_fold": self._lws_fold, "crt": self._crt}[self.cfg.method]
-        step, params, finish = build(learner, ctx)
         return TrainingStage(
             name=f"{self.cfg.method} stage",
-            parameters=params,
             epochs=self.cfg.epochs,
             optim=optim,
-            step=step,
             sampler=self.sampler,
             before_epoch=backbone_eval,
-            finish=finish,
+            **build(learner, ctx),
         )
 
     # ---- the three forms ---------------------------------------------------------------------
-    def _lws(self, learner: Learner, ctx: TaskContext):
+    def _lws(self, learner: Learner, ctx: TaskContext) -> dict:
         network, head = learner.network, learner.network.head
-        old, seen = ctx.info.num_old_classes, ctx.info.num_seen_classes
-        device = head.weight.device
-        grown = torch.ones(seen, device=device)
-        grown[: min(len(self.lws_scale), seen)] = self.lws_scale[:seen].to(device)
-        scale = nn.Parameter(grown)
-        new_weight = nn.Parameter(head.weight[old:].detach().clone())
-        new_bias = None if head.bias is None else nn.Parameter(head.bias[old:].detach().clone())
-        rows = [new_weight] + ([new_bias] if new_bias is not None else [])
+        seen = ctx.info.num_seen_classes
+        initial = torch.ones(seen, device=self.lws_scale.device)
+        kept = min(len(self.lws_scale), seen)
+        initial[:kept] = self.lws_scale[:kept]
+        state = _Scales(initial)
+        newest = [head.weights[-1]] + ([head.biases[-1]] if head.has_bias else [])
         sigma = getattr(head, "sigma", None)
         if isinstance(sigma, nn.Parameter) and sigma.requires_grad:
-            rows.append(sigma)  # LUCIR's shared scale belongs to the newest head in their code
+            newest.append(sigma)  # LUCIR's shared scale belongs to the newest head in their code
 
         def step(batch: Batch) -> StepOutput:
             with torch.no_grad():
                 features = network.forward_features(batch.x)
-            weights = {"weight": torch.cat([head.weight[:old].detach(), new_weight])}
-            if new_bias is not None:
-                weights["bias"] = torch.cat([head.bias[:old].detach(), new_bias])
-            logits = functional_call(head, weights, (features,)).float() * scale
+            logits = network.forward_head(features).float() * state.scale
             loss = F.cross_entropy(logits, batch.y)
-            return _output(loss, "lws", logits)
+            return StepOutput(loss, {"lws": loss.detach()}, logits)
 
         def finish() -> None:
-            with torch.no_grad():
-                head.weight[old:] = new_weight.detach()
-                if new_bias is not None:
-                    head.bias[old:] = new_bias.detach()
-            self.lws_scale = scale.detach().clone()
+            self.lws_scale = state.scale.detach().clone()
 
-        groups = [{"params": rows}, {"params": [scale], "lr_scale": 1.0 / self.cfg.lr_factor}]
-        return step, groups, finish
+        groups = [
+            {"params": newest},
+            {"params": [state.scale], "lr_scale": 1.0 / self.cfg.lr_factor},
+        ]
+        return {"parameters": groups, "step": step, "finish": finish, "state": state}
 
-    def _lws_fold(self, learner: Learner, ctx: TaskContext):
+    def _lws_fold(self, learner: Learner, ctx: TaskContext) -> dict:
         network, head = learner.network, learner.network.head
-        scale = nn.Parameter(torch.ones(head.num_classes, device=head.weight.device))
+        state = _Scales(torch.ones(head.num_classes, device=head.class_scale.device))
 
         def step(batch: Batch) -> StepOutput:
             with torch.no_grad():
                 logits = network.forward_head(network.forward_features(batch.x))
-            logits = logits.float() * scale
+            logits = logits.float() * state.scale
             loss = F.cross_entropy(logits, batch.y)
-            return _output(loss, "lws", logits)
+            return StepOutput(loss, {"lws": loss.detach()}, logits)
 
         def finish() -> None:
-            learned = scale.detach()
-            with torch.no_grad():
-                if isinstance(head, ExpandableLinear):
-                    # Fold into the rows, so later weight-norm methods (WA) see the scaling.
-                    head.weight.mul_(learned[:, None].to(head.weight.dtype))
-                    if head.bias is not None:
-                        head.bias.mul_(learned.to(head.bias.dtype))
-                else:  # a cosine head normalises its rows: keep the scale beside them
-                    head.class_scale.mul_(learned.to(head.class_scale.dtype))
+            learned = state.scale.detach()
+            if isinstance(head, ExpandableLinear):
+                # Fold into the rows, so later weight-norm methods (WA) see the scaling.
+                head.scale_weights_(learned)
+            else:  # a cosine head normalises its rows: keep the scale beside them
+                head.scale_rows(learned)
 
-        return step, [scale], finish
+        return {"parameters": [state.scale], "step": step, "finish": finish, "state": state}
 
-    def _crt(self, learner: Learner, ctx: TaskContext):
-        network, head = learner.network, learner.network.head
-        with torch.no_grad():
-            head._init_rows(head.weight.data, None if head.bias is None else head.bias.data)
-            head.class_scale.fill_(1.0)
-
-        def step(batch: Batch) -> StepOutput:
-            with torch.no_grad():
-                features = network.forward_features(batch.x)
-            logits = network.forward_head(features)
-            loss = F.cross_entropy(logits.float(), batch.y)
-            return _output(loss, "crt", logits)
-
-        return step, [p for p in head.parameters() if p.requires_grad], None
-
-
-def _output(loss: torch.Tensor, name: str, logits: torch.Tensor) -> StepOutput:
-    from cilkit.learners.base import StepOutput
-
-    return StepOutput(loss, {name: loss.detach()}, logits)
+    def _crt(self, learner: Learner, ctx: TaskContext) -> dict:
+        head = learner.network.head
+        params = [p for p in head.parameters() if p.requires_grad]
+        step = classifier_step(learner.network, "crt")
+        return {"parameters": params, "step": step, "start": head.reset_rows}

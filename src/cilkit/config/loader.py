@@ -23,6 +23,7 @@ import yaml
 from cilkit.config.schema import POLYMORPHIC_SECTIONS, ExperimentConfig, FieldError
 from cilkit.config.source import ConfigSource
 from cilkit.errors import ConfigError, did_you_mean
+from cilkit.registry import get_registry
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,25 +51,6 @@ def load_yaml(text: str) -> Any:
 
 
 _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?")
-
-
-def _registry_for(kind: str):
-    # Imported lazily: the registries import config classes, not the other way round.
-    if kind == "learner":
-        from cilkit.learners import LEARNERS
-
-        return LEARNERS
-    if kind == "loss":
-        from cilkit.losses import LOSSES
-
-        return LOSSES
-    if kind == "sampler":
-        from cilkit.data.samplers import SAMPLERS
-
-        return SAMPLERS
-    from cilkit.backbones import BACKBONES
-
-    return BACKBONES
 
 
 def _type_name(tp: Any) -> str:
@@ -153,7 +135,7 @@ def _build(cls: type, data: Mapping[str, Any], path: str, src: ConfigSource) -> 
             if not isinstance(name, str):
                 raise src.error(f"{path}.name", f"expected a {kind} name, got {name!r}")
             try:
-                entry = _registry_for(kind).get(name)
+                entry = get_registry(kind).get(name)
             except ConfigError as err:
                 raise src.error(f"{path}.name", str(err)) from None
             cls = entry.config_cls or base

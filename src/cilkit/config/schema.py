@@ -126,8 +126,9 @@ class BackboneConfig:
     """Feature extractor; ``name`` picks a registered backbone and its options."""
 
     name: str = "resnet32"
-    head: Literal["linear", "cosine"] = "linear"
-    """Classifier head: linear, or cosine (normalised features and weights; LDAM, LUCIR)."""
+    head: str | None = None
+    """Classifier head (``linear``, ``cosine``); None = the one the learner declares (LUCIR:
+    cosine), else linear. A head other than the learner's is refused."""
     cosine_scale: float = 1.0
     """Cosine head: the scale sigma multiplying the cosines (its initial value when learned)."""
     learn_cosine_scale: bool = True

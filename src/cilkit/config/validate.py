@@ -5,6 +5,7 @@ from __future__ import annotations
 from cilkit.config.schema import ExperimentConfig
 from cilkit.config.source import ConfigSource
 from cilkit.errors import ConfigError
+from cilkit.registry import get_registry
 
 
 def validate_experiment(
@@ -18,9 +19,7 @@ def validate_experiment(
         num_classes: number of classes of the loaded dataset.
         source: the config file or :class:`ConfigSource`, for the message.
     """
-    from cilkit.buffers.selection import SELECTORS
-    from cilkit.learners import LEARNERS
-    from cilkit.losses import LOSSES
+    learners, heads = get_registry("learner"), get_registry("head")
 
     src = ConfigSource.of(source)
 
@@ -48,10 +47,23 @@ def validate_experiment(
             f"must be a permutation of 0..{num_classes - 1} ({len(sc.class_order)} values given)",
         )
 
-    loss = cfg.learner.loss
+    learner = learners.get(cfg.learner.name).obj
     bb = cfg.backbone
-    if LOSSES.get(loss.name).obj.needs_cosine_logits and (
-        bb.head != "cosine" or bb.learn_cosine_scale or bb.cosine_scale != 1.0
+    if bb.head is not None:
+        try:
+            heads.get(bb.head)
+        except ConfigError as err:
+            raise src.error("backbone.head", str(err)) from None
+        if learner.head is not None and bb.head != learner.head:
+            fail(
+                "backbone.head",
+                f"learner '{cfg.learner.name}' needs the {learner.head} head, not {bb.head}; "
+                "leave backbone.head out to get it",
+            )
+    head = bb.head or learner.head or "linear"
+    loss = cfg.learner.loss
+    if get_registry("loss").get(loss.name).obj.needs_cosine_logits and (
+        head != "cosine" or bb.learn_cosine_scale or bb.cosine_scale != 1.0
     ):
         fail(
             "backbone.head",
@@ -60,7 +72,6 @@ def validate_experiment(
             "backbone.learn_cosine_scale=false and backbone.cosine_scale=1",
         )
 
-    learner = LEARNERS.get(cfg.learner.name).obj
     mem = cfg.memory
     if learner.needs_memory and not mem.enabled:
         fail(
@@ -76,7 +87,7 @@ def validate_experiment(
         )
     if mem.enabled:
         try:
-            selector = SELECTORS.get(mem.selection).obj
+            selector = get_registry("buffer").get(mem.selection).obj
         except ConfigError as err:
             raise src.error("memory.selection", str(err)) from None
         if mem.memory_size is not None and mem.memory_size < num_classes:

@@ -118,18 +118,27 @@ def _read_latest(directory: Path) -> str | None:
     return name if _NAME.fullmatch(name) else None
 
 
-_NAME = re.compile(r"task-(\d{3,})(?:-epoch-(\d{4,}))?")
-"""Checkpoint names: ``task-NNN`` after task NNN, ``task-NNN-epoch-EEEE`` inside task NNN."""
+_NAME = re.compile(
+    r"task-(\d{3,})(?:-(train|(?:before_training|after_training|after_task)-\d+)-epoch-(\d{4,}))?"
+)
+"""Checkpoint names: ``task-NNN`` after task NNN; inside task NNN, ``task-NNN-PHASE-epoch-EEEE``
+with PHASE ``train`` (the main training) or ``WHEN-K`` (stage K of a stage point)."""
+
+_PHASES = {"before_training": 0, "train": 1, "after_training": 2, "after_task": 3}
 
 
-def checkpoint_progress(name: str) -> tuple[int, int]:
+def checkpoint_progress(name: str) -> tuple[int, int, int, int]:
     """An order on checkpoint names by training progress: ``task-002`` (task 2 done) comes
-    after ``task-002-epoch-0005`` (inside task 2), which comes after ``task-001``."""
+    after every checkpoint inside task 2 (its stages in their order, epochs in theirs), which
+    come after ``task-001``."""
     match = _NAME.fullmatch(name)
     if match is None:
         raise ValueError(f"not a checkpoint name: {name!r}")
-    task, epoch = int(match.group(1)), match.group(2)
-    return (task + 1, 0) if epoch is None else (task, int(epoch) + 1)
+    task, phase, epoch = int(match.group(1)), match.group(2), match.group(3)
+    if phase is None:
+        return task + 1, -1, 0, 0
+    when, _, index = phase.partition("-")
+    return task, _PHASES[when], int(index or 0), int(epoch) + 1
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -11,30 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 
+from cilkit.contract import Batch
 from cilkit.data.base import ImageSet
 from cilkit.data.transforms import BatchTransform
 from cilkit.errors import DatasetError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Batch:
-    """One batch on the training device.
-
-    Attributes:
-        x: normalised (and for training, augmented) images.
-        y: remapped class ids.
-        index: positions of the samples in the split.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
 
 
 class DeviceSplit:
@@ -156,13 +141,16 @@ class DeviceSplit:
         generator: torch.Generator,
         aug_generator: torch.Generator | None = None,
         sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        raw: bool = False,
+        views: int = 1,
     ) -> Iterator[Batch]:
         """Shuffled (or resampled), augmented batches over ``indices`` (one epoch).
 
         ``sampler`` maps the samples' labels to the epoch's positions into ``indices``
         (default: a random permutation). ``batch_size`` is global: each process takes its share
         of every batch. A last batch smaller than the number of processes is dropped so every
-        process steps together.
+        process steps together. ``raw`` adds the un-augmented uint8 images (``batch.raw``);
+        ``views`` > 1 adds that many minus one further augmented views (``batch.views``).
         """
         if sampler is None:
             order = indices[torch.randperm(len(indices), generator=generator)]
@@ -175,7 +163,9 @@ class DeviceSplit:
         ]
         for images, chunk in self._uint8_batches(chunks):
             x = self.transform.train(images, aug_generator)
-            yield Batch(x, self.targets[chunk.to(self.device)], chunk)
+            extra = tuple(self.transform.train(images, aug_generator) for _ in range(views - 1))
+            target = self.targets[chunk.to(self.device)]
+            yield Batch(x, target, chunk, images if raw else None, extra)
 
     def eval_batches(
         self, indices: torch.Tensor, batch_size: int, flip: bool = False

@@ -51,17 +51,27 @@ class Distributed:
                 torch_dist.broadcast(tensor.data, src=0)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Average the gradients of ``params`` over the processes (for stages outside DDP)."""
-        grads = [p.grad for p in params if p.grad is not None]
-        if self.world_size == 1 or not grads:
+        """Average the gradients of ``params`` over the processes: the one data-parallel path
+        of main training and stages. A parameter without a gradient on this process (a loss
+        term that did not occur in its shard) counts as a zero gradient, so every process
+        reduces the same tensors."""
+        if self.world_size == 1 or not params:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        has = torch.tensor([p.grad is not None for p in params], device=params[0].device)
+        torch_dist.all_reduce(has, op=torch_dist.ReduceOp.MAX)  # a gradient on any process
+        params = [p for p, any_grad in zip(params, has.tolist(), strict=True) if any_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if not params:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
         torch_dist.all_reduce(flat)
         flat /= self.world_size
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
 
     def gather_object(self, obj: object) -> list[object] | None:
         """Every process's ``obj`` (picklable, CPU tensors only) in rank order on rank 0; None on

@@ -52,12 +52,13 @@ def task_metrics(
     many_threshold: int = 100,
     few_threshold: int = 20,
 ) -> dict[str, Any]:
-    """The metrics.jsonl fields of one task for every classifier (``nme`` fields prefixed).
+    """The metrics.jsonl fields of one task for every classifier (``cnn`` unprefixed, the
+    others prefixed by name, see :func:`cilkit.results.run_dir.classifier_keys`).
 
     With ``train_counts`` (training images of each seen class) the CNN classifier also gets the
     long-tail metrics: many/medium/few accuracy, GM/HM of per-class recalls, lowest recall.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"classifiers": list(top1)}
     num_old = seen.info.num_old_classes
     for name in top1:
         pred = top1[name]

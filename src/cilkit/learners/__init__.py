@@ -1,17 +1,19 @@
 """Learners: the Learner contract and one small file per method, registered by import."""
 
-from cilkit.learners import finetune, icarl, joint, replay, wa  # noqa: F401  (registration)
-from cilkit.learners.base import (
-    LEARNERS,
-    Learner,
-    StepOutput,
-    TaskContext,
-    create_learner,
-    register_learner,
+from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
+from cilkit.learners import (  # noqa: F401  (registration)
+    finetune,
+    icarl,
+    joint,
+    replay,
+    wa,
 )
+from cilkit.learners.base import LEARNERS, Learner, create_learner, register_learner
 
 __all__ = [
+    "Batch",
     "LEARNERS",
+    "TrainingStage",
     "Learner",
     "StepOutput",
     "TaskContext",

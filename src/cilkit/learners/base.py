@@ -1,113 +1,59 @@
 """The Learner contract: hooks the engine calls; the engine owns the loop, backward and step.
 
-A method subclasses :class:`Learner` (or another learner) and overrides only what differs:
+A method subclasses :class:`Learner` (or another learner) and overrides only what differs. The
+engine calls, for each task:
 
-- ``before_task(ctx)``: grow the head (default), freeze parts, set up task state.
+- ``before_task(ctx)``: grow the network (default: the head by the task's new classes), set up
+  task state. Not called again when a task resumes from a mid-task checkpoint: what it does must
+  live in the learner's state.
 - ``train_indices(ctx)``: which training samples this task trains on (default: the new classes
-  plus the exemplar memory).
-- ``training_step(batch)``: a loss (plus named terms) for one batch; no backward, no step.
-- ``after_step()``: after each optimiser step (e.g. weight clipping).
-- ``after_task(ctx)``: after training (default: keep the old model if asked, update the memory
-  and the class means).
-- ``predict(x)``: scores per classifier, e.g. ``{"cnn": logits, "nme": -distances}``.
+  plus the exemplar memory). Called at every start of the task, resume included.
+- ``before_training(ctx, indices)``: before the first epoch (default: tell the loss the counts).
+- ``configure_training(ctx)``: right before the engine builds the optimiser, at every start of
+  the task's training, resume included (Lightning's ``on_before_optimizer_setup``): freeze parts
+  and return what to optimise, as parameters or parameter groups with lr / weight-decay factors.
+- ``before_epoch(epoch, epochs)``, ``transform_batch(batch, generator)`` (mixup, a second
+  view, ... on the device-side batch), ``training_step(batch)`` (a loss and named terms; no
+  backward, no step), ``after_step()``.
+- ``stages(ctx, when)``: extra training stages, each with its own data, parameters and
+  optimiser, run before the main training, after it, or after ``after_task``.
+- ``after_task(ctx)``: keep the old network if asked, update the memory and class means.
+- ``predict(x)``: scores per classifier, e.g. ``{"cnn": logits, "nme": -distances}``; every key
+  is evaluated and reaches the metrics, the table, the summary and the plots.
 
 Everything kept across tasks is a registered parameter or buffer, or in ``extra_state``, so it is
-saved with the learner's ``state_dict``.
+saved with the learner's ``state_dict``. Frozen parts are wrapped in :class:`Frozen` and stay in
+eval mode whatever the engine calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from cilkit.backbones import IncrementalNet
+from cilkit.backbones import Backbone, Frozen, IncrementalNet
 from cilkit.buffers.memory import ExemplarMemory
 from cilkit.buffers.selection import class_means, nme_logits
 from cilkit.components.rebalance import TwoStageRebalance
-from cilkit.config.schema import LearnerConfig, MemoryConfig, OptimConfig
-from cilkit.engine.data import Batch, DeviceSplit
-from cilkit.losses import create_loss
+from cilkit.config.schema import LearnerConfig, MemoryConfig
+from cilkit.contract import Batch, Parameters, StageTime, StepOutput, TaskContext, TrainingStage
+from cilkit.losses import create_loss, kd_loss
 from cilkit.registry import Registry
-from cilkit.scenarios import TaskInfo
-
-
-@dataclass
-class TaskContext:
-    """What the engine hands a learner's task hooks.
-
-    Attributes:
-        info: the task (id, new and seen classes).
-        train: the whole training split on the device (only use the allowed samples!).
-        generator: CPU generator for the learner's random choices (saved for resume).
-        batch_size: evaluation batch size for feature extraction.
-    """
-
-    info: TaskInfo
-    train: DeviceSplit
-    generator: torch.Generator
-    batch_size: int = 512
-
-    def class_indices(self, c: int) -> torch.Tensor:
-        """Training-split positions of remapped class ``c``."""
-        return self.train.indices_of([c])
-
-    def new_indices(self) -> torch.Tensor:
-        """Training-split positions of this task's new classes."""
-        return self.train.indices_of(self.info.new_classes)
-
-    def seen_indices(self) -> torch.Tensor:
-        """Training-split positions of every class seen so far (joint training only)."""
-        return self.train.indices_of(self.info.seen_classes)
-
-
-@dataclass
-class TrainingStage:
-    """An extra training stage after a task's main training (e.g. class-balanced rebalancing),
-    run by the engine's loop with its own parameters, sampler and schedule.
-
-    Attributes:
-        name: shown in the progress bar.
-        parameters: what the stage's optimiser updates: parameters, and parameter groups
-            (``{"params": [...], "lr_scale": 0.1}``) whose learning rate or weight decay is a
-            multiple of ``optim``'s.
-        epochs: number of epochs.
-        optim: optimiser and schedule.
-        step: the stage's loss for one batch.
-        sampler: epoch sampler (None = shuffle).
-        before_epoch: called with the epoch before each epoch (e.g. backbone to eval mode).
-        finish: called after the last epoch (e.g. to fold a learned scale into the head).
-    """
-
-    name: str
-    parameters: list[nn.Parameter | dict]
-    epochs: int
-    optim: OptimConfig
-    step: Callable[[Batch], StepOutput]
-    sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-    before_epoch: Callable[[int], None] | None = None
-    finish: Callable[[], None] | None = None
-
-
-@dataclass
-class StepOutput:
-    """A training step's result: the loss to minimise, named terms to log, the logits."""
-
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    logits: torch.Tensor | None = None
 
 
 class Learner(nn.Module):
-    """Fine-tuning with cross-entropy over all seen classes: the base every method extends.
+    """The contract every method extends; trains with the classification loss over every seen
+    class unless a method says otherwise.
 
     Args:
         cfg: this learner's config.
         network: backbone plus expandable head.
         memory_cfg: exemplar memory config (disabled unless a budget is set).
+        build_backbone: builds a fresh backbone from the run's backbone config (for methods that
+            add feature extractors).
     """
 
     config_cls: ClassVar[type[LearnerConfig]] = LearnerConfig
@@ -117,15 +63,29 @@ class Learner(nn.Module):
     """The method trains on exemplars when a memory is configured."""
     keeps_old_network: ClassVar[bool] = False
     """Keep a frozen copy of the network after each task (``self.old_network``)."""
+    head: ClassVar[str | None] = None
+    """The classifier head the method needs (``cilkit list heads``); None = any (linear unless
+    ``backbone.head`` says otherwise). A config naming another head is refused."""
+    needs_raw_batch: ClassVar[bool] = False
+    """Hand ``training_step`` the un-augmented uint8 images too (``batch.raw``)."""
+    num_views: ClassVar[int] = 1
+    """Independently augmented views per image (``batch.x`` plus ``batch.views``)."""
 
-    def __init__(self, cfg: LearnerConfig, network: IncrementalNet, memory_cfg: MemoryConfig):
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        network: IncrementalNet,
+        memory_cfg: MemoryConfig,
+        build_backbone: Callable[[], Backbone] | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.network = network
+        self.build_backbone = build_backbone
         self.loss_fn = create_loss(cfg.loss)
         self.rebalancer = TwoStageRebalance(cfg.rebalance) if cfg.rebalance else None
         self.memory = ExemplarMemory(memory_cfg) if memory_cfg.enabled else None
-        self.old_network: IncrementalNet | None = None
+        self.old_network: Frozen | None = None
         self.register_buffer("class_means", torch.zeros(0, network.feature_dim))
         self.num_old_classes = 0
         self.num_seen_classes = 0
@@ -149,9 +109,23 @@ class Learner(nn.Module):
         counts = torch.bincount(ctx.train.targets_cpu[indices], minlength=self.num_seen_classes)
         self.loss_fn.set_class_counts(counts)
 
+    def configure_training(self, ctx: TaskContext) -> Parameters:
+        """Freeze what this task does not train and return what the optimiser updates.
+
+        The engine calls it right before building the task's optimiser, at every start of the
+        task's training, resume included, so freezing decided here survives a mid-task resume.
+        Parameters that are not returned keep their values.
+        """
+        return [p for p in self.network.parameters() if p.requires_grad]
+
     def before_epoch(self, epoch: int, epochs: int) -> None:
         """Before each epoch (deferred re-weighting, curricula)."""
         self.loss_fn.set_epoch(epoch, epochs)
+
+    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """The device-side batch before ``training_step`` (mixup, cutmix, ...); draws from
+        ``generator``, the engine's saved augmentation generator."""
+        return batch
 
     def training_step(self, batch: Batch) -> StepOutput:
         """The classification loss (``learner.loss``, cross-entropy by default) over every seen
@@ -163,9 +137,11 @@ class Learner(nn.Module):
     def after_step(self) -> None:
         """Called after each optimiser step."""
 
-    def stages(self, ctx: TaskContext, indices: torch.Tensor) -> list[TrainingStage]:
-        """Extra training stages after ``after_task`` (two-stage rebalancing when configured)."""
-        if self.rebalancer is None:
+    def stages(self, ctx: TaskContext, when: StageTime) -> list[TrainingStage]:
+        """Extra training stages at point ``when`` of the task (default: two-stage rebalancing
+        after ``after_task``, when configured). Building a stage must not change the learner:
+        changes go in the stage's ``start`` (fresh stages only) or its ``finish``."""
+        if self.rebalancer is None or when != "after_task":
             return []
         return [self.rebalancer.stage(self, ctx)]
 
@@ -181,7 +157,7 @@ class Learner(nn.Module):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """CNN logits, and nearest-mean-of-exemplars scores when class means exist."""
         features = self.network.forward_features(x)
-        logits = self.network.forward_head(features)
+        logits = self.head_logits(features)
         if self.rebalancer is not None:
             logits = self.rebalancer.apply(logits)  # LWS scales act at evaluation only
         out = {"cnn": self.loss_fn.adjust_logits(logits)}
@@ -189,34 +165,44 @@ class Learner(nn.Module):
             out["nme"] = nme_logits(features.float(), self.class_means)
         return out
 
-    def frozen_modules(self) -> list[nn.Module]:
-        """Parts that stay in eval mode whatever mode the learner is put in: the frozen teacher
-        (``old_network``) normalises with its running statistics and never updates them, as in
-        PyCIL, FACIL and Liu et al."""
-        return [self.old_network] if self.old_network is not None else []
+    def frozen_modules(self) -> list[Frozen]:
+        """The frozen parts (teacher, old extractors): in eval mode, without gradients, always."""
+        return [m for m in self.modules() if isinstance(m, Frozen)]
 
-    def train(self, mode: bool = True) -> Learner:
-        """Set the training mode of everything but :meth:`frozen_modules`, which stay in eval."""
-        super().train(mode)
-        for module in self.frozen_modules():
-            module.eval()
-        return self
+    # ---- shared steps --------------------------------------------------------------------------
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits of ``features``, in training and at prediction (a method
+        that corrects logits, as BiC, says so here)."""
+        return self.network.forward_head(features)
 
-    def parameters_to_optimize(self) -> list[nn.Parameter]:
-        """Parameters the engine's optimiser updates this task."""
-        return [p for p in self.network.parameters() if p.requires_grad]
-
-    # ---- shared helpers ------------------------------------------------------------------------
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits of the network being trained."""
         features = self.network.forward_features(x)
-        return features, self.network.forward_head(features)
+        return features, self.head_logits(features)
 
     def classification_loss(
         self, logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The configured classification loss (``learner.loss``)."""
         return self.loss_fn(logits, targets, features if self.loss_fn.needs_features else None)
+
+    def classification_with_kd(
+        self,
+        batch: Batch,
+        temperature: float,
+        weights: Callable[[], tuple[float, float]] = lambda: (1.0, 1.0),
+    ) -> StepOutput:
+        """``a * classification + b * KD`` on the old classes' logits, the step of iCaRL, WA,
+        BiC, EEIL and LwF: KD is Hinton's softened cross-entropy to the frozen previous network
+        (``kd_loss``); ``weights()`` gives ``(a, b)``. Without a previous network (the first
+        task) it is the classification loss alone."""
+        features, logits = self.forward_train(batch.x)
+        ce = self.classification_loss(logits, batch.y, features)
+        if self.old_network is None:
+            return StepOutput(ce, {"ce": ce.detach()}, logits)
+        kd = kd_loss(logits[:, : self.num_old_classes], self.old_logits(batch.x), temperature)
+        a, b = weights()
+        return StepOutput(a * ce + b * kd, {"ce": ce.detach(), "kd": kd.detach()}, logits)
 
     def features_fn(self, ctx: TaskContext, flip: bool = False):
         """Feature extractor over training-split positions, in eval mode."""
@@ -268,7 +254,8 @@ class Learner(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load a checkpoint into a fresh learner: the old network is created and buffers that
-        grow across tasks (class means) are resized first; the head resizes itself."""
+        grow across tasks (class means) are resized first; heads and branched networks resize
+        themselves."""
         if self.old_network is None and any(k.startswith("old_network.") for k in state_dict):
             self.old_network = self.network.copy_frozen()
         for name, buf in list(self.named_buffers()):
@@ -293,7 +280,10 @@ register_learner = LEARNERS.register_class
 
 
 def create_learner(
-    cfg: LearnerConfig, network: IncrementalNet, memory_cfg: MemoryConfig
+    cfg: LearnerConfig,
+    network: IncrementalNet,
+    memory_cfg: MemoryConfig,
+    build_backbone: Callable[[], Backbone] | None = None,
 ) -> Learner:
     """Build the learner named ``cfg.name``."""
-    return LEARNERS.get(cfg.name).obj(cfg, network, memory_cfg)
+    return LEARNERS.get(cfg.name).obj(cfg, network, memory_cfg, build_backbone)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from cilkit.config.schema import LearnerConfig
-from cilkit.engine.data import Batch
-from cilkit.learners.base import Learner, StepOutput, register_learner
+from cilkit.contract import Batch, StepOutput
+from cilkit.learners.base import Learner, register_learner
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cilkit.config.schema import LearnerConfig
-from cilkit.engine.data import Batch
-from cilkit.learners.base import Learner, StepOutput, register_learner
-from cilkit.losses import kd_loss
+from cilkit.contract import Batch, StepOutput
+from cilkit.learners.base import Learner, register_learner
 
 
 @dataclass(frozen=True)
@@ -35,12 +34,6 @@ class ICaRL(Learner):
     keeps_old_network = True
 
     def training_step(self, batch: Batch) -> StepOutput:
-        features, logits = self.forward_train(batch.x)
-        ce = self.classification_loss(logits, batch.y, features)
-        if self.old_network is None:
-            return StepOutput(ce, {"ce": ce.detach()}, logits)
-        kd = kd_loss(
-            logits[:, : self.num_old_classes], self.old_logits(batch.x), self.cfg.kd_temperature
+        return self.classification_with_kd(
+            batch, self.cfg.kd_temperature, lambda: (1.0, self.cfg.kd_weight)
         )
-        loss = ce + self.cfg.kd_weight * kd
-        return StepOutput(loss, {"ce": ce.detach(), "kd": kd.detach()}, logits)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cilkit.learners.base import Learner, TaskContext, register_learner
+from cilkit.contract import TaskContext
+from cilkit.learners.base import Learner, register_learner
 
 
 @register_learner("joint")

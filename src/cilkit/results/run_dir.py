@@ -20,8 +20,6 @@ from cilkit.metrics import (
 )
 from cilkit.results.io import atomic_write_json, atomic_write_text
 
-CLASSIFIER_PREFIXES = {"cnn": "", "nme": "nme_"}
-
 
 class RunDirectory:
     """Reads and writes one run's files."""
@@ -66,28 +64,46 @@ class RunDirectory:
         return json.loads(self.summary_path.read_text())
 
 
+def classifier_keys(name: str) -> dict[str, str]:
+    """The record and summary keys of classifier ``name`` (``cnn`` unprefixed, others prefixed:
+    ``accuracy_nme``, ``nme_accuracy_per_task``, ``nme_avg_incremental_accuracy``, ...)."""
+    if name == "cnn":
+        return {"prefix": "", "accuracy": "accuracy", "top5": "accuracy_top5"}
+    return {"prefix": f"{name}_", "accuracy": f"accuracy_{name}", "top5": f"accuracy_{name}_top5"}
+
+
+def record_classifiers(record: dict[str, Any]) -> list[str]:
+    """The classifiers a record holds (``cnn`` first), from its ``classifiers`` field or, for
+    records written before it existed, from its keys."""
+    if "classifiers" in record:
+        return list(record["classifiers"])
+    return ["cnn"] + [k[len("accuracy_") :] for k in record if k == "accuracy_nme"]
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Whole-run metrics from the per-task records, for each classifier present."""
+    """Whole-run metrics from the per-task records, for every classifier the learner reported
+    (``predict``'s keys)."""
     summary: dict[str, Any] = {"num_tasks": len(records)}
-    for prefix in ("", "nme_"):
-        key = "accuracy" if not prefix else "accuracy_nme"
-        per_task_key = f"{prefix}accuracy_per_task"
-        if not records or records[-1].get(key) is None:
+    names = record_classifiers(records[-1]) if records else []
+    summary["classifiers"] = names
+    for name in names:
+        keys = classifier_keys(name)
+        prefix, key = keys["prefix"], keys["accuracy"]
+        if records[-1].get(key) is None:
             continue
         rows = [r for r in records if r.get(key) is not None]
         accs = [r[key] for r in rows]
         matrix = (
-            build_accuracy_matrix([r[per_task_key] for r in records])
+            build_accuracy_matrix([r[f"{prefix}accuracy_per_task"] for r in records])
             if len(rows) == len(records)
             else None
         )
-        top5_key = "accuracy_top5" if not prefix else "accuracy_nme_top5"
         summary.update(
             {
                 f"{prefix}avg_incremental_accuracy": average_incremental_accuracy(accs),
                 f"{prefix}last_accuracy": last_accuracy(accs),
                 f"{prefix}avg_incremental_accuracy_top5": average_incremental_accuracy(
-                    [r[top5_key] for r in rows]
+                    [r[keys["top5"]] for r in rows]
                 ),
                 f"{prefix}forgetting": forgetting(matrix) if matrix else None,
                 f"{prefix}backward_transfer": backward_transfer(matrix) if matrix else None,

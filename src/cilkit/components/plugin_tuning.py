@@ -3,13 +3,16 @@ of a finished run on frozen features with another loss (GML by default), optiona
 the old and new classifiers' softmax outputs with temperatures.
 
 Saved as a new run directory whose ``summary.json`` holds the metrics of the original
-classifier (``before``), the re-trained one (``after``) and, if asked, the ``ensemble``.
+classifier (``before``), the re-trained one (``after``) and, if asked, the ``ensemble``. A method
+on the engine's public API: it builds the run (:func:`~cilkit.engine.build.build_run`) and
+trains one stage (:func:`~cilkit.engine.loop.run_stage`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +22,14 @@ import torch.nn.functional as F
 
 from cilkit.config import build_config, dump_config, load_config
 from cilkit.config.schema import OptimConfig
-from cilkit.engine.checkpoint import latest_checkpoint, load_checkpoint
-from cilkit.engine.data import Batch
-from cilkit.engine.distributed import Distributed
+from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
+from cilkit.engine.build import build_run, to_device
+from cilkit.engine.checkpoint import find_resume_checkpoint
 from cilkit.engine.evaluate import task_metrics
 from cilkit.engine.logger import RunLogger
-from cilkit.engine.progress import Progress
-from cilkit.engine.runtime import autocast_dtype
-from cilkit.engine.trainer import Trainer
+from cilkit.engine.loop import Phase, run_stage
+from cilkit.engine.state import standalone_state
 from cilkit.errors import CheckpointError
-from cilkit.learners import StepOutput, TaskContext
-from cilkit.learners.base import TrainingStage
 from cilkit.losses import create_loss
 from cilkit.metrics import LONG_TAIL_SCALARS
 from cilkit.results.io import atomic_write_json
@@ -60,17 +60,16 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
         raise CheckpointError(f"--from {source.path}: not a run directory (no config.yaml)")
     cfg = load_config(source.config_path)
     loss_cfg = build_config({"learner": {"name": cfg.learner.name, "loss": opts.loss}}).learner.loss
-    trainer = Trainer(cfg, out_dir, source=str(source.config_path), log=log)
-    s = trainer.setup()
-    path = latest_checkpoint(source.path / "checkpoints")
-    if path is None:
+    s = build_run(cfg, str(source.config_path))
+    found = find_resume_checkpoint(source.path / "checkpoints")
+    if found is None:
         raise CheckpointError(f"--from {source.path}: the run has no checkpoint")
-    state = load_checkpoint(path)
+    _, state, _ = found
     if state.get("partial") is not None or state["next_task"] != s.train_scenario.num_tasks:
         raise CheckpointError(f"--from {source.path}: the run has not finished all its tasks")
     learner = s.learner
     learner.load_state_dict(state["learner"])
-    trainer.to_device(learner, s.device)
+    to_device(learner, s.device, cfg.engine.channels_last)
     t = s.train_scenario.num_tasks - 1
     info = s.train_scenario.task_info(t)
     gen = torch.Generator().manual_seed(cfg.seed + 7)
@@ -79,7 +78,6 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
     if learner.memory is not None:
         indices = torch.unique(torch.cat([ctx.new_indices(), learner.memory.indices()]))
 
-    amp = autocast_dtype(cfg.engine, s.device)
     seen = s.test_scenario[: t + 1]
     old_head = copy.deepcopy(learner.network.head)
     # Each head is scored with its own loss's prediction-time adjustment (post-hoc logit
@@ -125,12 +123,15 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
     )
     run = RunDirectory(out_dir)
     run.path.mkdir(parents=True, exist_ok=True)
-    trainer.logger = RunLogger(run.path, cfg.engine.tensorboard)
-    gens = {
-        "shuffle": torch.Generator().manual_seed(cfg.seed + 8),
-        "augment": torch.Generator(device=s.device).manual_seed(cfg.seed + 9),
-    }
-    trainer.run_stage(s, stage, t, indices, gens, amp, Progress(cfg.engine.progress), Distributed())
+    logger = RunLogger(run.path, cfg.engine.tensorboard)
+
+    def say(text: str) -> None:
+        if log is not None:
+            print(text, file=sys.stdout if log == "stdout" else log, flush=True)
+        logger.text(text)
+
+    state = standalone_state(cfg, s, run, logger, say, seed_offset=8)
+    run_stage(state, stage, Phase(t, "after_task", 0, stage.name), indices)
     after = _scores(
         learner, network.head, new_loss.adjust_logits, s, seen.indices, cfg.train.eval_batch_size
     )
@@ -151,8 +152,8 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
         **{f"{k}": v for k, v in results.items()},
     }
     atomic_write_json(run.summary_path, summary)
-    trainer._print(_report(results))
-    trainer.logger.close()
+    say(_report(results))
+    logger.close()
     return summary
 
 

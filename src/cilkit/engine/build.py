@@ -1,0 +1,113 @@
+"""Building a run from its config: the dataset, the scenario, the device splits, the network and
+the learner (:func:`build_run`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from cilkit.backbones import create_backbone, create_network
+from cilkit.config import ExperimentConfig
+from cilkit.config.source import ConfigSource
+from cilkit.config.validate import validate_experiment
+from cilkit.data.base import DatasetSplits, create_dataset
+from cilkit.data.transforms import BatchTransform, resolve_preset
+from cilkit.engine.data import DeviceSplit
+from cilkit.engine.distributed import Distributed
+from cilkit.engine.runtime import resolve_device, seed_everything
+from cilkit.learners import LEARNERS, Learner, create_learner
+from cilkit.scenarios import ClassIncremental, resolve_class_order
+from cilkit.scenarios.long_tail import apply_long_tail
+
+
+@dataclass
+class RunParts:
+    """Everything built from the config before the first task.
+
+    Attributes:
+        dataset: the loaded dataset (long-tailed if the scenario says so).
+        train_scenario: the training split's tasks.
+        test_scenario: the test split's tasks.
+        train: the training split on the device.
+        test: the test split on the device.
+        learner: the learner, with its network.
+        device: the training device.
+    """
+
+    dataset: DatasetSplits
+    train_scenario: ClassIncremental
+    test_scenario: ClassIncremental
+    train: DeviceSplit
+    test: DeviceSplit
+    learner: Learner
+    device: torch.device
+
+    @property
+    def train_counts(self) -> torch.Tensor:
+        """Training images of each remapped class."""
+        return torch.bincount(
+            self.train_scenario.targets, minlength=self.train_scenario.num_classes
+        )
+
+
+def build_run(
+    cfg: ExperimentConfig, source: ConfigSource | str | None = None, dist: Distributed | None = None
+) -> RunParts:
+    """Load the data and build the scenario, the network and the learner.
+
+    Args:
+        cfg: the resolved experiment config.
+        source: where the config came from, for error messages.
+        dist: this process's place in a torchrun job (one process when None).
+    """
+    source = ConfigSource.of(source)
+    dist = dist or Distributed()
+    seed_everything(cfg.seed, cfg.engine.deterministic)
+    if cfg.engine.num_threads:
+        torch.set_num_threads(cfg.engine.num_threads)
+    device = resolve_device(cfg.engine, dist.local_rank if dist.world_size > 1 else None)
+    dist.init(device)
+    dataset = create_dataset(cfg.data)
+    validate_experiment(cfg, dataset.num_classes, source)
+    if cfg.scenario.long_tail is not None:
+        try:
+            lt_train, _ = apply_long_tail(dataset.train, cfg.scenario.long_tail)
+        except ValueError as err:
+            raise source.error("scenario.long_tail", str(err)) from None
+        dataset = dataclasses.replace(dataset, train=lt_train)
+    sc = cfg.scenario
+    order = resolve_class_order(dataset.num_classes, sc.class_order, sc.class_order_seed)
+    train_scn = ClassIncremental(dataset.train, sc.increment, sc.initial_increment, order)
+    test_scn = ClassIncremental(dataset.test, sc.increment, sc.initial_increment, order)
+    transform = BatchTransform(
+        dataset.mean,
+        dataset.std,
+        resolve_preset(dataset.preset, cfg.data.augment),
+        channels_last=cfg.engine.channels_last,
+    )
+    kw = {
+        "num_workers": cfg.train.num_workers,
+        "on_unreadable": cfg.data.on_unreadable,
+        "rank": dist.rank,
+        "world_size": dist.world_size,
+    }
+    train = DeviceSplit(dataset.train, train_scn.targets, transform, device, **kw)
+    test = DeviceSplit(dataset.test, test_scn.targets, transform, device, **kw)
+    channels = dataset.train.image_shape[0]
+    head = cfg.backbone.head or LEARNERS.get(cfg.learner.name).obj.head
+    network = create_network(cfg.backbone, channels, head=head)
+    if cfg.engine.compile:
+        network.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
+    build_backbone = functools.partial(create_backbone, cfg.backbone, channels)
+    learner = create_learner(cfg.learner, network, cfg.memory, build_backbone)
+    return RunParts(dataset, train_scn, test_scn, train, test, learner, device)
+
+
+def to_device(learner: Learner, device: torch.device, channels_last: bool) -> None:
+    """Move the learner to ``device`` (and to channels-last memory layout when asked)."""
+    learner.to(device)
+    if channels_last:
+        learner.to(memory_format=torch.channels_last)
