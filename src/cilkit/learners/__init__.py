@@ -2,9 +2,12 @@
 
 from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.learners import (  # noqa: F401  (registration)
+    bic,
+    der,
     finetune,
     icarl,
     joint,
+    lucir,
     replay,
     wa,
 )

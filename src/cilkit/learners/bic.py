@@ -1,0 +1,145 @@
+"""BiC: large-scale incremental learning with bias correction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cilkit.config.schema import LearnerConfig, OptimConfig
+from cilkit.contract import Batch, StageTime, StepOutput, TaskContext, TrainingStage
+from cilkit.learners.base import Learner, register_learner
+
+
+@dataclass(frozen=True)
+class BiCConfig(LearnerConfig):
+    name: str = "bic"
+    kd_temperature: float = 2.0
+    """Temperature of the distillation on the old classes' logits."""
+    val_ratio: float = 0.1
+    """Share of each class's exemplar quota held out as the bias-correction split (1:9)."""
+    bias_epochs: int = 170
+    bias_lr: float = 0.1
+    bias_milestones: tuple[int, ...] = (60, 100, 140)
+    bias_weight_decay: float = 2e-4
+
+
+class BiasCorrection(nn.Module):
+    """One (alpha, beta) pair per task: the logits of that task's classes become
+    ``alpha * z + beta`` (identity until the task's bias-correction stage trains the pair)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alphas = nn.ParameterList()
+        self.betas = nn.ParameterList()
+
+    def add_task(self) -> None:
+        device = self.alphas[0].device if len(self.alphas) else None
+        self.alphas.append(nn.Parameter(torch.ones(1, device=device)))
+        self.betas.append(nn.Parameter(torch.zeros(1, device=device)))
+
+    def forward(self, logits: torch.Tensor, slices: list[slice]) -> torch.Tensor:
+        parts = [logits[:, rows] * self.alphas[i] + self.betas[i] for i, rows in enumerate(slices)]
+        rest = logits[:, slices[-1].stop :] if slices else logits
+        return torch.cat([*parts, rest], dim=1) if parts else logits
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args) -> None:
+        while f"{prefix}alphas.{len(self.alphas)}" in state_dict:
+            self.add_task()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+@register_learner("bic")
+class BiC(Learner):
+    """BiC: distillation with lambda = old / seen, then a bias-correction layer for the new
+    classes' logits trained on a held-out split.
+
+    Wu et al., "Large Scale Incremental Learning", CVPR 2019. Before each task after the first,
+    ``val_ratio`` of each class's exemplar quota is held out, from the new classes' data and
+    from every old class's exemplars alike (drawn with the task's generator, so a resumed task
+    holds out the same samples); the rest trains with ``(1 - l) CE + l KD``, ``l = old / seen``,
+    KD on the old classes' logits (T = 2) from the previous model including its corrections.
+    Then a stage before ``after_task`` trains only the task's (alpha, beta) on the held-out
+    split, with everything else frozen; earlier tasks' pairs are kept and applied. The stage's
+    loss is cross-entropy on the corrected logits (the paper); PyCIL's ``bic.py`` applies a
+    softmax before its cross-entropy. Hyperparameters of the stage follow PyCIL.
+    """
+
+    config_cls = BiCConfig
+    cfg: BiCConfig
+    needs_memory = True
+    keeps_old_network = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bias = BiasCorrection()
+        self.held_out = torch.zeros(0, dtype=torch.long)
+
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's logits with every task's bias correction applied."""
+        return self.bias(self.network.forward_head(features), self.network.head.chunk_slices())
+
+    def before_task(self, ctx: TaskContext) -> None:
+        super().before_task(ctx)
+        self.bias.add_task()
+
+    def train_indices(self, ctx: TaskContext) -> torch.Tensor:
+        """The task's data minus the held-out split (``self.held_out``) from the second task."""
+        indices = super().train_indices(ctx)
+        self.held_out = torch.zeros(0, dtype=torch.long)
+        if not self.num_old_classes:
+            return indices
+        per_class = max(1, int(self.cfg.val_ratio * self.memory.quota(self.num_old_classes)))
+        labels = ctx.train.targets_cpu[indices]
+        held = []
+        for c in range(self.num_seen_classes):
+            members = indices[labels == c]
+            pick = torch.randperm(len(members), generator=ctx.generator)[:per_class]
+            held.append(members[pick])
+        self.held_out = torch.cat(held).sort().values
+        return indices[~torch.isin(indices, self.held_out)]
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        return self.classification_with_kd(batch, self.cfg.kd_temperature, self._weights)
+
+    def _weights(self) -> tuple[float, float]:
+        lam = self.num_old_classes / self.num_seen_classes
+        return 1.0 - lam, lam
+
+    def old_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The previous model's logits with its corrections (the earlier tasks' pairs)."""
+        with torch.no_grad():
+            return self.bias(self.old_network(x), self.network.head.chunk_slices()[:-1])
+
+    def stages(self, ctx: TaskContext, when: StageTime) -> list[TrainingStage]:
+        stages = super().stages(ctx, when)
+        if when == "after_training" and self.num_old_classes:
+            stages.append(self._bias_correction())
+        return stages
+
+    def _bias_correction(self) -> TrainingStage:
+        network, pair = self.network, [self.bias.alphas[-1], self.bias.betas[-1]]
+
+        def step(batch: Batch) -> StepOutput:
+            with torch.no_grad():
+                features = network.forward_features(batch.x)
+            logits = self.head_logits(features).float()
+            loss = F.cross_entropy(logits, batch.y)
+            return StepOutput(loss, {"bias": loss.detach()}, logits)
+
+        return TrainingStage(
+            name="bias correction",
+            parameters=pair,
+            epochs=self.cfg.bias_epochs,
+            optim=OptimConfig(
+                lr=self.cfg.bias_lr,
+                weight_decay=self.cfg.bias_weight_decay,
+                milestones=self.cfg.bias_milestones,
+            ),
+            step=step,
+            indices=self.held_out,
+            before_epoch=lambda epoch: network.eval(),
+        )

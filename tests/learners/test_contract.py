@@ -1,0 +1,208 @@
+"""The learner contract's promises, checked for every registered learner (generated from the
+registry, so a new method is checked the moment it registers), plus the engine's side of them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cilkit.config import build_config
+from cilkit.contract import Batch
+from cilkit.engine.data import DeviceSplit
+from cilkit.engine.trainer import RunInterrupted, Trainer
+from cilkit.errors import ConfigError
+from cilkit.learners import LEARNERS, Learner
+from cilkit.registry import Entry
+
+FAST = {"bic": ["learner.bias_epochs=2"]}
+"""Options that keep a learner's extra stages short in these tests."""
+
+
+def tiny(name: str, *overrides: str):
+    learner = LEARNERS.get(name).obj
+    data = {
+        "seed": 3,
+        "data": {"name": "digits"},
+        "scenario": {"initial_increment": 4, "increment": 3},
+        "backbone": {"name": "convnet4", "hidden": 16},
+        "learner": {"name": name},
+        "optim": {"lr": 0.05, "milestones": [2]},
+        "train": {"epochs": 3, "batch_size": 128},
+        "engine": {"progress": "none"},
+    }
+    if learner.needs_memory:
+        data["memory"] = {"memory_size": 40}
+    return build_config(data, [*FAST.get(name, []), *overrides])
+
+
+def results(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "train_seconds"}
+
+
+def _interrupt_in_epoch(monkeypatch, epoch: int, batch: int = 2) -> None:
+    """Ctrl-C at a batch of the ``epoch``-th training epoch of the run (1-based, counting the
+    main training's and the stages' epochs in the order they run)."""
+    original = DeviceSplit.train_batches
+    calls = {"n": 0}
+
+    def train_batches(self, *args, **kwargs):
+        calls["n"] += 1
+        for i, b in enumerate(original(self, *args, **kwargs)):
+            if calls["n"] == epoch and i == batch - 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield b
+
+    monkeypatch.setattr(DeviceSplit, "train_batches", train_batches)
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(name, tmp_path, monkeypatch):
+    """Freezing, parameter groups and random choices made at a task's start survive a mid-task
+    resume: the engine calls ``configure_training`` (and draws the task's generator) again."""
+    cfg = tiny(name)
+    expected = results(Trainer(cfg, tmp_path / "full", log=None).fit())
+    _interrupt_in_epoch(monkeypatch, epoch=5)  # task 1, its main training's second epoch
+    with pytest.raises(RunInterrupted, match="task 1, epoch 1"):
+        Trainer(cfg, tmp_path / "cut", log=None).fit()
+    monkeypatch.undo()
+    summary = Trainer(cfg, tmp_path / "cut", log=None).fit(resume=True)
+    assert results(summary) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "epoch"),
+    [
+        ("bic", [], 7),  # task 1: 3 main epochs (4-6), then the bias stage's first epoch
+        ("icarl", ["learner.rebalance={method: lws, epochs: 3}"], 11),  # task 1: LWS stage
+        ("lucir", ["learner.class_balanced_finetuning=true", "learner.cbf_epochs=3"], 8),
+    ],
+)
+def test_ctrl_c_inside_a_stage_resumes_to_the_uninterrupted_result(
+    name, overrides, epoch, tmp_path, monkeypatch
+):
+    cfg = tiny(name, *overrides)
+    expected = results(Trainer(cfg, tmp_path / "full", log=None).fit())
+    _interrupt_in_epoch(monkeypatch, epoch=epoch, batch=1)
+    with pytest.raises(RunInterrupted):
+        Trainer(cfg, tmp_path / "cut", log=None).fit()
+    monkeypatch.undo()
+    latest = (tmp_path / "cut" / "checkpoints" / "LATEST").read_text()
+    assert "task-001-after_" in latest  # inside a stage, not the main training
+    summary = Trainer(cfg, tmp_path / "cut", log=None).fit(resume=True)
+    assert results(summary) == expected
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_every_predict_key_reaches_the_table_summary_and_plots(name, tmp_path):
+    cfg = tiny(name)
+    out = io.StringIO()
+    trainer = Trainer(cfg, tmp_path, log=out)
+    summary = trainer.fit()
+    parts = trainer.setup()
+    learner = parts.learner
+    from cilkit.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    learner.load_state_dict(load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["learner"])
+    learner.eval()
+    x = next(parts.test.eval_batches(torch.arange(2), 2)).x
+    keys = list(learner.predict(x))
+    assert summary["classifiers"] == keys and keys[0] == "cnn"
+    header = next(line for line in out.getvalue().splitlines() if line.startswith("task classes"))
+    for key in keys:
+        prefix = "" if key == "cnn" else f"{key}_"
+        assert summary[f"{prefix}avg_incremental_accuracy"] is not None
+        assert key.upper() in header or key == "cnn"
+        assert f"{key.upper()}: average incremental accuracy" in out.getvalue()
+        plot = "accuracy_matrix.png" if key == "cnn" else f"accuracy_matrix_{key}.png"
+        assert (tmp_path / "plots" / plot).exists()
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["classifiers"] == keys
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_named_loss_terms_reach_the_log(name, tmp_path):
+    Trainer(tiny(name), tmp_path, log=None).fit()
+    lines = [
+        x for x in (tmp_path / "log.txt").read_text().splitlines() if "task 2/3 epoch 3/3" in x
+    ]
+    assert len(lines) == 1 and "loss" in lines[0] and "train accuracy" in lines[0]
+
+
+def test_a_learner_declares_its_head():
+    cfg = build_config({"learner": {"name": "lucir"}, "memory": {"memory_size": 40}})
+    assert cfg.backbone.head is None  # the learner's head is taken
+    from cilkit.config.validate import validate_experiment
+
+    validate_experiment(cfg, 10)
+    other = build_config(
+        {
+            "learner": {"name": "lucir"},
+            "backbone": {"head": "linear"},
+            "memory": {"memory_size": 40},
+        }
+    )
+    with pytest.raises(ConfigError, match="backbone.head: learner 'lucir' needs the cosine head"):
+        validate_experiment(other, 10)
+
+
+def test_lucir_gets_the_cosine_head_from_the_registry(tmp_path):
+    parts = Trainer(tiny("lucir"), tmp_path, log=None).setup()
+    from cilkit.backbones import CosineLinear
+
+    assert isinstance(parts.learner.network.head, CosineLinear)
+
+
+def test_the_batch_path_hands_raw_images_views_and_a_transform(tmp_path, monkeypatch):
+    """A learner can ask for the un-augmented uint8 batch, k augmented views and a device-side
+    transform drawing from the engine's generator."""
+    seen = []
+
+    class Views(Learner):
+        needs_raw_batch = True
+        num_views = 3
+
+        def transform_batch(self, batch, generator):
+            noise = torch.rand(batch.x.shape, generator=generator, device=batch.x.device)
+            return Batch(batch.x + 0 * noise, batch.y, batch.index, batch.raw, batch.views)
+
+        def training_step(self, batch):
+            seen.append((batch.raw.dtype, batch.raw.shape, len(batch.views), batch.x.shape))
+            return super().training_step(batch)
+
+    monkeypatch.setitem(LEARNERS._entries, "views", Entry("views", Views, Learner.config_cls, ""))
+    cfg = build_config(
+        {
+            "data": {"name": "digits"},
+            "scenario": {"increment": 5},
+            "backbone": {"name": "convnet4", "hidden": 8},
+            "learner": {"name": "views"},
+            "train": {"epochs": 1},
+            "engine": {"progress": "none"},
+        }
+    )
+    Trainer(cfg, tmp_path, log=None).fit()
+    dtype, raw_shape, views, x_shape = seen[0]
+    assert dtype == torch.uint8 and raw_shape == x_shape and views == 2
+
+
+def test_contract_types_and_registries_import_on_their_own():
+    code = (
+        "import sys\n"
+        "import cilkit.contract\n"
+        "assert not any(m.startswith(('cilkit.engine', 'cilkit.learners')) for m in sys.modules)\n"
+        "from cilkit.data.base import DATASETS\n"
+        "assert 'digits' in DATASETS and 'cifar100' in DATASETS\n"
+        "from cilkit.registry import REGISTRIES, get_registry\n"
+        "for kind in REGISTRIES:\n"
+        "    assert get_registry(kind).names(), kind\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "ok", proc.stderr
