@@ -21,20 +21,15 @@ Any learner turns it on with ``learner.rebalance``; the engine runs the stage it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cilkit.backbones.heads import ExpandableLinear
+from cilkit.backbones import ExpandableLinear, IncrementalNet
 from cilkit.components.classifier import classifier_step
 from cilkit.config.schema import OptimConfig, RebalanceConfig
 from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.data.samplers import ClassAwareSamplerConfig, create_sampler
-
-if TYPE_CHECKING:
-    from cilkit.learners.base import Learner
 
 LIU_SAMPLER = ClassAwareSamplerConfig(samples_per_class=4)
 """Liu et al.'s stage-2 sampler: class-aware, 4 consecutive samples per class visit."""
@@ -72,9 +67,9 @@ class TwoStageRebalance(nn.Module):
             scale = torch.cat([scale, scale.new_ones(n - len(scale))])
         return logits * scale.to(logits.dtype)
 
-    def stage(self, learner: Learner, ctx: TaskContext) -> TrainingStage:
-        """The balanced stage of the task ``ctx`` describes (built without changing anything)."""
-        network = learner.network
+    def stage(self, network: IncrementalNet, ctx: TaskContext) -> TrainingStage:
+        """The balanced stage of ``network`` for the task ``ctx`` describes (built without
+        changing anything)."""
         optim = OptimConfig(
             lr=self.cfg.lr,
             momentum=self.cfg.momentum,
@@ -93,12 +88,12 @@ class TwoStageRebalance(nn.Module):
             optim=optim,
             sampler=self.sampler,
             before_epoch=backbone_eval,
-            **build(learner, ctx),
+            **build(network, ctx),
         )
 
     # ---- the three forms ---------------------------------------------------------------------
-    def _lws(self, learner: Learner, ctx: TaskContext) -> dict:
-        network, head = learner.network, learner.network.head
+    def _lws(self, network: IncrementalNet, ctx: TaskContext) -> dict:
+        head = network.head
         seen = ctx.info.num_seen_classes
         initial = torch.ones(seen, device=self.lws_scale.device)
         kept = min(len(self.lws_scale), seen)
@@ -125,8 +120,8 @@ class TwoStageRebalance(nn.Module):
         ]
         return {"parameters": groups, "step": step, "finish": finish, "state": state}
 
-    def _lws_fold(self, learner: Learner, ctx: TaskContext) -> dict:
-        network, head = learner.network, learner.network.head
+    def _lws_fold(self, network: IncrementalNet, ctx: TaskContext) -> dict:
+        head = network.head
         state = _Scales(torch.ones(head.num_classes, device=head.class_scale.device))
 
         def step(batch: Batch) -> StepOutput:
@@ -146,8 +141,8 @@ class TwoStageRebalance(nn.Module):
 
         return {"parameters": [state.scale], "step": step, "finish": finish, "state": state}
 
-    def _crt(self, learner: Learner, ctx: TaskContext) -> dict:
-        head = learner.network.head
+    def _crt(self, network: IncrementalNet, ctx: TaskContext) -> dict:
+        head = network.head
         params = [p for p in head.parameters() if p.requires_grad]
-        step = classifier_step(learner.network, "crt")
+        step = classifier_step(network, "crt")
         return {"parameters": params, "step": step, "start": head.reset_rows}

@@ -143,7 +143,7 @@ class Learner(nn.Module):
         changes go in the stage's ``start`` (fresh stages only) or its ``finish``."""
         if self.rebalancer is None or when != "after_task":
             return []
-        return [self.rebalancer.stage(self, ctx)]
+        return [self.rebalancer.stage(self.network, ctx)]
 
     def after_task(self, ctx: TaskContext) -> None:
         """Keep the old network if asked; update the exemplar memory and class means."""
