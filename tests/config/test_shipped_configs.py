@@ -9,7 +9,8 @@ import pytest
 from cilkit.config import load_config
 from cilkit.config.validate import validate_experiment
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 NUM_CLASSES = {
     "cifar100": 100,
     "imagefolder": 100,
@@ -28,7 +29,7 @@ def test_shipped_config_is_valid(path):
 
 
 def test_published_protocol_values():
-    cfg = load_config(CONFIGS[0].parents[1] / "experiments" / "icarl_cifar100_b0_inc10.yaml")
+    cfg = load_config(CONFIG_DIR / "experiments" / "icarl_cifar100_b0_inc10.yaml")
     assert cfg.memory.memory_size == 2000 and cfg.memory.selection == "herding"
     assert cfg.scenario.class_order_seed == 1993 and cfg.backbone.name == "resnet32"
     assert cfg.train.init_epochs == 200 and cfg.train.epochs == 170
@@ -37,7 +38,7 @@ def test_published_protocol_values():
 
 
 def test_lt_cil_protocols():
-    lt = CONFIGS[0].parents[1] / "lt"
+    lt = CONFIG_DIR / "lt"
     ordered = load_config(lt / "cifar100_lt_ordered_b50_10tasks_icarl_lws.yaml")
     shuffled = load_config(lt / "cifar100_lt_shuffled_b50_5tasks_wa.yaml")
     assert ordered.scenario.class_order_seed is None and shuffled.scenario.class_order_seed == 1993
