@@ -29,10 +29,10 @@ def test_eval_batches_keep_order_and_values():
 
 
 def test_train_batches_cover_each_index_once_per_epoch():
-    ds = _memory_split(10)
-    idx = torch.arange(10)
+    ds = _memory_split(11)
+    idx = torch.arange(11)
     seen = torch.cat([b.index for b in ds.train_batches(idx, 3, torch.Generator().manual_seed(0))])
-    assert sorted(seen.tolist()) == list(range(10))
+    assert sorted(seen.tolist()) == list(range(11))
 
 
 def test_ranks_take_disjoint_shards_of_every_global_batch():
@@ -47,8 +47,20 @@ def test_ranks_take_disjoint_shards_of_every_global_batch():
         b.index.tolist()
         for b in full.train_batches(torch.arange(10), 4, torch.Generator().manual_seed(3))
     ]
-    for a, b, w in zip(*shards, whole, strict=True):
+    assert len(whole) == 3 and len(shards[0]) == len(shards[1]) == 2  # last 2 = 1 per rank: dropped
+    for a, b, w in zip(*shards, whole[:2], strict=True):
         assert sorted(a + b) == sorted(w) and not set(a) & set(b)
+
+
+def test_no_training_batch_gives_a_process_fewer_than_two_samples():
+    """BatchNorm cannot train on one sample: such a last batch is dropped (as a DataLoader's
+    drop_last would), on one process and on several."""
+    for world, n, expected in ((1, 7, [3, 3]), (1, 8, [3, 3, 2]), (2, 9, [3]), (2, 10, [3, 2])):
+        ds = _memory_split(n)
+        ds.rank, ds.world_size = 0, world
+        batches = ds.train_batches(torch.arange(n), 3 * world, torch.Generator().manual_seed(0))
+        sizes = [len(b.y) for b in batches]
+        assert sizes == expected, (world, n, sizes)
 
 
 def test_file_backed_split_decodes_in_workers(tmp_path):

@@ -113,3 +113,30 @@ def test_resumed_two_process_run_equals_the_uninterrupted_one(tmp_path):
     assert not (killed / "summary.json").exists()
     _resume(killed, 2)
     assert _results(killed) == expected
+
+
+def _learner_args(name: str) -> list[str]:
+    from cilkit.learners import LEARNERS
+
+    args = [f"learner={{name: {name}}}", "train.epochs=3"]
+    if not LEARNERS.get(name).obj.uses_memory:
+        args.append("memory.memory_size=null")
+    if name == "bic":
+        args.append("learner.bias_epochs=2")
+    return args
+
+
+def _learner_names() -> list[str]:
+    from cilkit.learners import LEARNERS
+
+    return LEARNERS.names()
+
+
+@pytest.mark.parametrize("name", _learner_names())
+def test_every_learner_trains_and_resumes_under_torchrun(tmp_path, name):
+    """Main training and every stage take the one gradient-averaging path; a 2-process run
+    stopped after its first task resumes to the uninterrupted 2-process result."""
+    _run(tmp_path / "full", "icarl", 2, *_learner_args(name))
+    _run(tmp_path / "cut", "icarl", 2, *_learner_args(name), "--stop-after-task", "0")
+    _resume(tmp_path / "cut", 2)
+    assert _results(tmp_path / "cut") == _results(tmp_path / "full")

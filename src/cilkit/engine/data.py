@@ -148,8 +148,8 @@ class DeviceSplit:
 
         ``sampler`` maps the samples' labels to the epoch's positions into ``indices``
         (default: a random permutation). ``batch_size`` is global: each process takes its share
-        of every batch. A last batch smaller than the number of processes is dropped so every
-        process steps together. ``raw`` adds the un-augmented uint8 images (``batch.raw``);
+        of every batch. A last batch that would give a process fewer than 2 samples is dropped,
+        so every process steps together and batch normalisation has a batch to normalise. ``raw`` adds the un-augmented uint8 images (``batch.raw``);
         ``views`` > 1 adds that many minus one further augmented views (``batch.views``).
         """
         if sampler is None:
@@ -159,7 +159,7 @@ class DeviceSplit:
         chunks = [
             self._shard(order[start : start + batch_size])
             for start in range(0, len(order), batch_size)
-            if len(order) - start >= self.world_size
+            if len(order) - start >= 2 * self.world_size
         ]
         for images, chunk in self._uint8_batches(chunks):
             x = self.transform.train(images, aug_generator)
