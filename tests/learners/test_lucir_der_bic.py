@@ -160,3 +160,51 @@ def test_bic_holds_out_the_same_share_of_every_class(tmp_path):
     again = _next_task(_after_task("bic", tmp_path / "again"), 1)  # the same draw on a restart
     assert torch.equal(again.indices, ctx.indices)
     assert F.one_hot(held, 7).sum(0).tolist() == counts.tolist()
+
+
+# ---- LwF and EWC -----------------------------------------------------------------------------
+
+
+def test_lwf_is_finetune_plus_distillation(tmp_path):
+    """With the distillation weighted 0, LwF is finetune exactly; with it, old classes stay."""
+    plain = Trainer(tiny("finetune"), tmp_path / "ft", log=None).fit()
+    no_kd = Trainer(tiny("lwf", "learner.kd_weight=0"), tmp_path / "nokd", log=None).fit()
+    assert no_kd["accuracy_matrix"] == plain["accuracy_matrix"]
+    lwf = Trainer(tiny("lwf"), tmp_path / "lwf", log=None).fit()
+    assert lwf["accuracy_matrix"] != plain["accuracy_matrix"]
+
+
+def test_lwf_warmup_trains_only_the_new_classes_weights(tmp_path, monkeypatch):
+    import cilkit.engine.trainer as trainer_mod
+
+    snapshots = []
+    original = trainer_mod.run_stage
+
+    def run_stage(run, stage, *args, **kwargs):
+        before = {k: v.clone() for k, v in run.learner.state_dict().items() if "." in k}
+        original(run, stage, *args, **kwargs)
+        after = {k: v.clone() for k, v in run.learner.state_dict().items() if "." in k}
+        snapshots.append((before, after))
+
+    monkeypatch.setattr(trainer_mod, "run_stage", run_stage)
+    Trainer(tiny("lwf", "learner.warmup_epochs=2"), tmp_path, log=None).fit(stop_after_task=1)
+    ((before, after),) = snapshots  # task 1 only: the first task has nothing to warm up
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"network.head.weights.1", "network.head.biases.1"}
+
+
+def test_ewc_penalty_is_zero_at_the_optimum_and_grows_away_from_it(tmp_path):
+    parts = _after_task("ewc", tmp_path)
+    learner = parts.learner
+    anchored = learner.anchor.items()
+    assert anchored and all((fisher >= 0).all() for _, _, fisher in anchored)
+    assert all(fisher.max() <= 1e-4 for _, _, fisher in anchored)  # PyCIL's clamp
+    assert learner.penalty().item() == 0.0
+    _next_task(parts, 1)  # a new chunk of head rows: not anchored
+    names = {name for name, _, _ in learner.anchor.items()}
+    assert "network.head.weights.1" not in {f"network.{n}" for n in names}
+    assert learner.penalty().item() == 0.0
+    with torch.no_grad():
+        for p in learner.network.parameters():
+            p.add_(0.1)
+    assert learner.penalty().item() > 0.0

@@ -4,10 +4,12 @@ from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.learners import (  # noqa: F401  (registration)
     bic,
     der,
+    ewc,
     finetune,
     icarl,
     joint,
     lucir,
+    lwf,
     replay,
     wa,
 )

@@ -186,18 +186,30 @@ class Learner(nn.Module):
         """The configured classification loss (``learner.loss``)."""
         return self.loss_fn(logits, targets, features if self.loss_fn.needs_features else None)
 
+    def new_classes_only(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the old classes masked out of the softmax: cross-entropy on them is
+        the cross-entropy over the new classes' logits alone (PyCIL's finetune, LwF and EWC use
+        ``logits[:, known:]`` with shifted labels; ``exp(-1e4)`` is 0 in float32), and a loss's
+        per-class counts (long-tail losses) stay aligned with every seen class."""
+        if not self.num_old_classes:
+            return logits
+        return logits.float().index_fill(1, torch.arange(self.num_old_classes), _MASKED)
+
     def classification_with_kd(
         self,
         batch: Batch,
         temperature: float,
         weights: Callable[[], tuple[float, float]] = lambda: (1.0, 1.0),
+        new_only: bool = False,
     ) -> StepOutput:
         """``a * classification + b * KD`` on the old classes' logits, the step of iCaRL, WA,
         BiC, EEIL and LwF: KD is Hinton's softened cross-entropy to the frozen previous network
-        (``kd_loss``); ``weights()`` gives ``(a, b)``. Without a previous network (the first
-        task) it is the classification loss alone."""
+        (``kd_loss``); ``weights()`` gives ``(a, b)``; ``new_only`` restricts the classification
+        loss to the new classes (:meth:`new_classes_only`). Without a previous network (the
+        first task) it is the classification loss alone."""
         features, logits = self.forward_train(batch.x)
-        ce = self.classification_loss(logits, batch.y, features)
+        scores = self.new_classes_only(logits) if new_only else logits
+        ce = self.classification_loss(scores, batch.y, features)
         if self.old_network is None:
             return StepOutput(ce, {"ce": ce.detach()}, logits)
         kd = kd_loss(logits[:, : self.num_old_classes], self.old_logits(batch.x), temperature)
@@ -272,6 +284,9 @@ class Learner(nn.Module):
         if self.memory is not None and "memory" in state:
             self.memory.load_state_dict(state["memory"])
 
+
+_MASKED = -1e4
+"""The logit that takes a class out of a float32 softmax."""
 
 LEARNERS: Registry[type[Learner]] = Registry("learner")
 

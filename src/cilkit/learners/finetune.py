@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from cilkit.config.schema import LearnerConfig
 from cilkit.contract import Batch, StepOutput
 from cilkit.learners.base import Learner, register_learner
@@ -35,15 +33,8 @@ class Finetune(Learner):
     cfg: FinetuneConfig
 
     def training_step(self, batch: Batch) -> StepOutput:
-        if not (self.cfg.new_classes_only and self.num_old_classes):
+        if not self.cfg.new_classes_only:
             return super().training_step(batch)
         features, logits = self.forward_train(batch.x)
-        # Masking the old classes' logits out of the softmax is the cross-entropy over the new
-        # classes' logits alone (exp(-1e4) is 0 in float32), and keeps the loss's per-class
-        # counts (long-tail losses) aligned with every seen class.
-        masked = logits.float().index_fill(1, torch.arange(self.num_old_classes), _MASKED)
-        loss = self.classification_loss(masked, batch.y, features)
+        loss = self.classification_loss(self.new_classes_only(logits), batch.y, features)
         return StepOutput(loss, {"cls": loss.detach()}, logits)
-
-
-_MASKED = -1e4
