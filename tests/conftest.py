@@ -7,3 +7,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 sys.path.insert(0, str(Path(__file__).parent / "results"))
+sys.path.insert(0, str(Path(__file__).parent / "learners"))

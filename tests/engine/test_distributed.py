@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from fast_options import fast_overrides
 
 ARGS = [
     "--quiet",
@@ -121,9 +122,7 @@ def _learner_args(name: str) -> list[str]:
     args = [f"learner={{name: {name}}}", "train.epochs=3"]
     if not LEARNERS.get(name).obj.uses_memory:
         args.append("memory.memory_size=null")
-    if name == "bic":
-        args.append("learner.bias_epochs=2")
-    return args
+    return args + fast_overrides(name)
 
 
 def _learner_names() -> list[str]:

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from fast_options import fast_overrides
 
 from cilkit.config import build_config
 from cilkit.engine.checkpoint import latest_checkpoint
@@ -37,7 +38,7 @@ def tiny(name: str = "icarl", *overrides: str):
     }
     if learner.needs_memory:
         data["memory"] = {"memory_size": 40}
-    return build_config(data, list(overrides))
+    return build_config(data, [*fast_overrides(name), *overrides])
 
 
 def results(summary: dict) -> dict:

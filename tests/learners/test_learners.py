@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from fast_options import fast_overrides
 
 from cilkit.backbones import ExpandableLinear
 from cilkit.components.weight_align import align_weights
@@ -29,7 +30,7 @@ def tiny(name: str, *overrides: str, tasks: str = "4,3"):
     }
     if learner.needs_memory:
         data["memory"] = {"memory_size": 60}
-    return build_config(data, list(overrides))
+    return build_config(data, [*fast_overrides(name), *overrides])
 
 
 @pytest.mark.parametrize("name", LEARNERS.names())

@@ -208,3 +208,28 @@ def test_ewc_penalty_is_zero_at_the_optimum_and_grows_away_from_it(tmp_path):
         for p in learner.network.parameters():
             p.add_(0.1)
     assert learner.penalty().item() > 0.0
+
+
+# ---- GDumb -----------------------------------------------------------------------------------
+
+
+def test_gdumb_model_depends_only_on_the_memory(tmp_path, monkeypatch):
+    """Whatever the network was before a task, GDumb's model after it is the same: it is
+    re-initialised and trained on the memory alone."""
+    from cilkit.learners.gdumb import GDumb
+
+    args = ("memory.selection=class_balanced", "learner.epochs=3")
+    expected = Trainer(tiny("gdumb", *args), tmp_path / "a", log=None).fit()
+    original = GDumb.before_task
+
+    def perturbed(self, ctx):
+        original(self, ctx)
+        with torch.no_grad():
+            for p in self.network.parameters():
+                p.add_(0.5)
+
+    monkeypatch.setattr(GDumb, "before_task", perturbed)
+    summary = Trainer(tiny("gdumb", *args), tmp_path / "b", log=None).fit()
+    assert summary["accuracy_matrix"] == expected["accuracy_matrix"]
+    records = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert all('"train_loss": null' in r for r in records)  # nothing trained on the stream

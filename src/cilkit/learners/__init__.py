@@ -6,6 +6,7 @@ from cilkit.learners import (  # noqa: F401  (registration)
     der,
     ewc,
     finetune,
+    gdumb,
     icarl,
     joint,
     lucir,
