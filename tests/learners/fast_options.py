@@ -3,6 +3,7 @@ training from scratch); every registry-generated test applies them."""
 
 FAST = {
     "bic": ["learner.bias_epochs=2"],
+    "eeil": ["learner.finetune_epochs=2"],
     "gdumb": ["learner.epochs=3"],
 }
 

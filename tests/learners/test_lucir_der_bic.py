@@ -233,3 +233,45 @@ def test_gdumb_model_depends_only_on_the_memory(tmp_path, monkeypatch):
     assert summary["accuracy_matrix"] == expected["accuracy_matrix"]
     records = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert all('"train_loss": null' in r for r in records)  # nothing trained on the stream
+
+
+# ---- IL2M and EEIL ---------------------------------------------------------------------------
+
+
+def test_il2m_rectifies_only_old_class_scores_of_new_class_predictions(tmp_path):
+    parts = _after_task("il2m", tmp_path, 1)
+    learner = parts.learner
+    learner.eval()
+    x = next(parts.test.eval_batches(torch.arange(len(parts.test))[:256], 256)).x
+    out = learner.predict(x)
+    raw = F.softmax(out["cnn"].float(), dim=1)
+    old = learner.num_old_classes
+    torch.testing.assert_close(out["il2m"][:, old:], raw[:, old:])  # new classes: unchanged
+    new_top = raw.argmax(1) >= old
+    torch.testing.assert_close(out["il2m"][~new_top], raw[~new_top])  # old-class predictions
+    assert not torch.allclose(out["il2m"][new_top, :old], raw[new_top, :old])
+    assert len(learner.confidence) == 2 and len(learner.init_mean) == 7
+
+
+def test_eeil_finetunes_on_the_balanced_memory_and_distils_from_the_finetuned_model(
+    tmp_path, monkeypatch
+):
+    import cilkit.engine.trainer as trainer_mod
+
+    seen = []
+    original = trainer_mod.run_stage
+
+    def run_stage(run, stage, *args, **kwargs):
+        labels = run.parts.train.targets_cpu[stage.indices]
+        seen.append((stage.name, torch.bincount(labels)))
+        original(run, stage, *args, **kwargs)
+        seen.append(run.learner.old_network)
+
+    monkeypatch.setattr(trainer_mod, "run_stage", run_stage)
+    trainer = Trainer(tiny("eeil", "learner.finetune_epochs=2"), tmp_path, log=None)
+    trainer.fit(stop_after_task=1)
+    (name, counts), teacher = seen
+    assert name == "balanced finetuning" and len(counts) == 7 and (counts == counts[0]).all()
+    state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["learner"]
+    for key, value in teacher.state_dict().items():  # the next teacher is the finetuned model
+        assert torch.equal(value, state[f"network.{key[len('module.') :]}"]), key

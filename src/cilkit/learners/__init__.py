@@ -4,10 +4,12 @@ from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.learners import (  # noqa: F401  (registration)
     bic,
     der,
+    eeil,
     ewc,
     finetune,
     gdumb,
     icarl,
+    il2m,
     joint,
     lucir,
     lwf,
