@@ -54,10 +54,11 @@ class BiasCorrection(nn.Module):
 
 @register_learner("bic")
 class BiC(Learner):
-    """BiC: distillation with lambda = old / seen, then a bias-correction layer for the new
-    classes' logits trained on a held-out split.
+    """BiC (Wu et al., CVPR 2019): distillation, then a bias-correction layer for new classes.
 
-    Wu et al., "Large Scale Incremental Learning", CVPR 2019. Before each task after the first,
+    Wu et al., "Large Scale Incremental Learning", CVPR 2019: distillation with lambda = old /
+    seen, then a bias-correction layer for the new classes' logits trained on a held-out split.
+    Before each task after the first,
     ``val_ratio`` of each class's exemplar quota is held out, from the new classes' data and
     from every old class's exemplars alike (drawn with the task's generator, so a resumed task
     holds out the same samples); the rest trains with ``(1 - l) CE + l KD``, ``l = old / seen``,

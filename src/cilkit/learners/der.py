@@ -25,7 +25,7 @@ class DERConfig(LearnerConfig):
 
 @register_learner("der")
 class DER(Learner):
-    """DER: a new feature extractor per task, the old ones frozen, one head over all.
+    """DER (Yan et al., CVPR 2021): a new extractor per task, the old ones frozen, one head.
 
     Yan, Xie & He, "DER: Dynamically Expandable Representation for Class Incremental
     Learning", CVPR 2021. At each task after the first, a new extractor (initialised from the

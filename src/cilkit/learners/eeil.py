@@ -32,8 +32,9 @@ def cross_distillation(
 
 @register_learner("eeil")
 class EEIL(Learner):
-    """EEIL (Castro et al., "End-to-End Incremental Learning", ECCV 2018): cross-distilled loss,
-    then balanced finetuning.
+    """EEIL (Castro et al., ECCV 2018): cross-distillation, then balanced finetuning.
+
+    Castro et al., "End-to-End Incremental Learning".
 
     Training: cross-entropy over every seen class plus, for each earlier task, the distillation
     (T = 2) of that task's block of logits from the previous model (the cross-distilled loss; the

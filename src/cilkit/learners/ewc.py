@@ -61,8 +61,10 @@ class _Anchor(nn.Module):
 
 @register_learner("ewc")
 class EWC(Learner):
-    """EWC (Kirkpatrick et al., PNAS 2017): a quadratic penalty keeps the parameters near the
-    previous optimum, weighted by their diagonal Fisher information; no exemplars.
+    """EWC (Kirkpatrick et al., PNAS 2017): a Fisher-weighted penalty to the previous optimum.
+
+    A quadratic penalty keeps the parameters near the previous optimum, weighted by their
+    diagonal Fisher information; no exemplars.
 
     After each task, the Fisher diagonal is the mean over the task's training batches of the
     squared gradient of the cross-entropy (the empirical Fisher of PyCIL's and FACIL's code),

@@ -24,8 +24,10 @@ class GDumbConfig(LearnerConfig):
 
 @register_learner("gdumb")
 class GDumb(Learner):
-    """GDumb (Prabhu, Torr & Dokania, ECCV 2020): no training on the stream; after each task a
-    network is trained from scratch on the class-balanced memory alone.
+    """GDumb (Prabhu et al., ECCV 2020): a model trained from scratch on a balanced memory.
+
+    No training on the stream; after each task a network is trained from scratch on the
+    class-balanced memory alone.
 
     The memory is filled greedily and class-balanced (``memory.selection: class_balanced``, a
     random equal share of every seen class, which is what GDumb's greedy sampler converges to

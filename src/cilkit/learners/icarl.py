@@ -20,7 +20,7 @@ class ICaRLConfig(LearnerConfig):
 
 @register_learner("icarl")
 class ICaRL(Learner):
-    """iCaRL: exemplars chosen by herding, distillation on old classes, nearest-mean classifier.
+    """iCaRL (Rebuffi et al., CVPR 2017): herding exemplars, distillation, nearest-mean classifier.
 
     Rebuffi et al., "iCaRL: Incremental Classifier and Representation Learning", CVPR 2017.
     As in PyCIL, the classification loss is cross-entropy over all seen classes and the

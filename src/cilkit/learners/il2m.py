@@ -11,8 +11,9 @@ from cilkit.learners.base import Learner, register_learner
 
 @register_learner("il2m")
 class IL2M(Learner):
-    """IL2M (Belouadah & Popescu, ICCV 2019): replay, plus a second memory of statistics that
-    rectifies old classes' scores at prediction.
+    """IL2M (Belouadah & Popescu, ICCV 2019): replay with old-class score rectification.
+
+    Replay, plus a second memory of statistics that rectifies old classes' scores at prediction.
 
     Training is replay (cross-entropy over every seen class on new data and exemplars). After
     each task, on its training data in eval mode, it stores each new class's mean score in its

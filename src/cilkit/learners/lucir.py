@@ -38,7 +38,7 @@ class LUCIRConfig(LearnerConfig):
 
 @register_learner("lucir")
 class LUCIR(Learner):
-    """LUCIR: cosine classifier, less-forget constraint, inter-class separation.
+    """LUCIR (Hou et al., CVPR 2019): cosine classifier, less-forget, margin ranking.
 
     Hou et al., "Learning a Unified Classifier Incrementally via Rebalancing", CVPR 2019;
     details as in the authors' code (hshustc/CVPR19_Incremental_Learning, ``*_MR_LF``):

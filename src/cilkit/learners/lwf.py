@@ -29,8 +29,9 @@ class LwFConfig(LearnerConfig):
 
 @register_learner("lwf")
 class LwF(Learner):
-    """LwF (Li & Hoiem, ECCV 2016 / TPAMI 2017): distillation from the previous model, no
-    exemplars.
+    """LwF (Li & Hoiem, ECCV 2016): distillation from the previous model, no exemplars.
+
+    Li & Hoiem, "Learning without Forgetting" (ECCV 2016, TPAMI 2017).
 
     Class-incremental form as in PyCIL's ``lwf.py``: cross-entropy over the new classes' logits
     plus ``kd_weight`` times the softened cross-entropy (T = 2) between the old classes' logits

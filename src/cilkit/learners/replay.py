@@ -7,7 +7,7 @@ from cilkit.learners.base import Learner, register_learner
 
 @register_learner("replay")
 class Replay(Learner):
-    """Fine-tuning on the new data plus a memory of exemplars (replay), cross-entropy only.
+    """Replay (Rolnick et al., NeurIPS 2019): the new data plus an exemplar memory, CE only.
 
     Rolnick et al., "Experience Replay for Continual Learning", NeurIPS 2019; with PyCIL's
     fixed-budget herding memory it is PyCIL's ``replay`` baseline.

@@ -26,7 +26,7 @@ class WAConfig(LearnerConfig):
 
 @register_learner("wa")
 class WA(Learner):
-    """WA: distillation plus weight aligning of the classifier after each task.
+    """WA (Zhao et al., CVPR 2020): distillation plus weight aligning of the classifier.
 
     Zhao et al., "Maintaining Discrimination and Fairness in Class Incremental Learning",
     CVPR 2020. The loss is ``(1 - l) CE + l KD`` with ``l = old / seen classes``; the classifier's
