@@ -43,6 +43,8 @@ class Batch:
             (``Learner.needs_raw_batch``; Mammoth's ``not_aug_inputs``).
         views: further independently augmented views of the same images, when the learner asks
             for them (``Learner.num_views`` > 1).
+        extra: tensors a learner's ``transform_batch`` attaches for its ``training_step``
+            (DER++'s replay samples drawn with the engine's generator).
     """
 
     x: torch.Tensor
@@ -50,6 +52,7 @@ class Batch:
     index: torch.Tensor
     raw: torch.Tensor | None = None
     views: tuple[torch.Tensor, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Options that keep a learner's own schedules short in the tests (its extra stages, GDumb's
-training from scratch); every registry-generated test applies them."""
+training from scratch) and give it the memory it needs; every registry-generated test applies
+them."""
 
 FAST = {
     "bic": ["learner.bias_epochs=2"],
@@ -9,4 +10,8 @@ FAST = {
 
 
 def fast_overrides(name: str) -> list[str]:
-    return list(FAST.get(name, []))
+    """The learner's short schedules, and the memory selection it needs (DER++'s reservoir)."""
+    from cilkit.learners import LEARNERS
+
+    selection = LEARNERS.get(name).obj.memory_selection
+    return list(FAST.get(name, [])) + ([f"memory.selection={selection}"] if selection else [])

@@ -184,21 +184,41 @@ def reservoir_update(
             f"{min(num_seen, capacity)}"
         )
     t = new.numel()
-    stream_pos = num_seen + torch.arange(t, dtype=torch.long)
-    fills = stream_pos < capacity
-    buffer = torch.cat([current, new[fills]])
-    rest, rest_pos = new[~fills], stream_pos[~fills]
-    if rest.numel():
-        u = torch.rand(rest.numel(), generator=generator, dtype=torch.float64)
-        slot = torch.minimum((u * (rest_pos + 1).to(torch.float64)).long(), rest_pos)
-        hits = slot < capacity
-        slot, order = slot[hits], torch.arange(rest.numel())[hits]
-        # When several items hit one slot, the last in stream order wins.
-        last = torch.full((capacity,), -1, dtype=torch.long)
-        last.scatter_reduce_(0, slot, order, reduce="amax")
-        written = last >= 0
-        buffer[written] = rest[last[written]]
+    fills = num_seen + torch.arange(t) < capacity
+    buffer = torch.cat([current, new[fills]])  # appended in stream order while there is room
+    slots = reservoir_slots(num_seen, t, capacity, generator)
+    buffer[slots[slots >= 0]] = new[slots >= 0]
     return buffer, num_seen + t
+
+
+def reservoir_slots(
+    num_seen: int, count: int, capacity: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Where the next ``count`` stream items go in a reservoir of ``capacity`` that has seen
+    ``num_seen`` items (Vitter's algorithm R, drawn for the whole batch at once).
+
+    Returns:
+        ``(count,)`` int64 slots, -1 for items not kept. While the reservoir fills, item ``i``
+        takes slot ``i``; afterwards slot ``j`` is drawn uniformly from ``{0, ..., i}`` and kept
+        when ``j < capacity``. When several items of the batch draw one slot, only the last in
+        stream order keeps it (the others get -1), as writing them in order would leave it.
+    """
+    stream_pos = num_seen + torch.arange(count, dtype=torch.long)
+    slots = torch.where(stream_pos < capacity, stream_pos, torch.full_like(stream_pos, -1))
+    late = stream_pos >= capacity
+    if late.any():
+        pos = stream_pos[late]
+        u = torch.rand(pos.numel(), generator=generator, dtype=torch.float64)
+        drawn = torch.minimum((u * (pos + 1).to(torch.float64)).long(), pos)
+        drawn[drawn >= capacity] = -1
+        slots[late] = drawn
+    hit = slots >= 0
+    if hit.any():
+        order = torch.arange(count)
+        last = torch.full((max(capacity, 1),), -1, dtype=torch.long)
+        last.scatter_reduce_(0, slots[hit], order[hit], reduce="amax")
+        slots[hit & (last[slots.clamp(min=0)] != order)] = -1
+    return slots
 
 
 def class_means(

@@ -85,6 +85,12 @@ def validate_experiment(
             f"learner '{cfg.learner.name}' keeps no exemplars; remove the memory budget "
             "(or use replay)",
         )
+    if mem.enabled and learner.memory_selection and mem.selection != learner.memory_selection:
+        fail(
+            "memory.selection",
+            f"learner '{cfg.learner.name}' keeps a {learner.memory_selection} memory: set "
+            f"memory.selection={learner.memory_selection} (got {mem.selection})",
+        )
     if mem.enabled:
         try:
             selector = get_registry("buffer").get(mem.selection).obj

@@ -167,6 +167,14 @@ class DeviceSplit:
             target = self.targets[chunk.to(self.device)]
             yield Batch(x, target, chunk, images if raw else None, extra)
 
+    def augmented(self, indices: torch.Tensor, generator: torch.Generator | None) -> Batch:
+        """The samples at ``indices`` as one augmented training batch, in the given order and
+        not sharded (a replay batch drawn from a buffer, as DER++ draws it)."""
+        chunk = indices.detach().to("cpu", torch.long)
+        ((images, _),) = list(self._uint8_batches([chunk]))
+        x = self.transform.train(images, generator)
+        return Batch(x, self.targets[chunk.to(self.device)], chunk)
+
     def eval_batches(
         self, indices: torch.Tensor, batch_size: int, flip: bool = False
     ) -> Iterator[Batch]:

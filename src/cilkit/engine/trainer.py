@@ -346,7 +346,7 @@ class Trainer:
             ),
             "train_loss": loss,
             "num_train_samples": len(ctx.indices),
-            "memory_size": len(learner.memory) if learner.memory is not None else 0,
+            "memory_size": learner.stored_samples(),
             "train_seconds": round(seconds, 3),
         }
         run.logger.scalars(

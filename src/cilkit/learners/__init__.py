@@ -4,6 +4,7 @@ from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.learners import (  # noqa: F401  (registration)
     bic,
     der,
+    derpp,
     eeil,
     ewc,
     finetune,

@@ -66,6 +66,8 @@ class Learner(nn.Module):
     head: ClassVar[str | None] = None
     """The classifier head the method needs (``cilkit list heads``); None = any (linear unless
     ``backbone.head`` says otherwise). A config naming another head is refused."""
+    memory_selection: ClassVar[str | None] = None
+    """The memory selection the method needs (``memory.selection``); None = any."""
     needs_raw_batch: ClassVar[bool] = False
     """Hand ``training_step`` the un-augmented uint8 images too (``batch.raw``)."""
     num_views: ClassVar[int] = 1
@@ -164,6 +166,10 @@ class Learner(nn.Module):
         if len(self.class_means) == self.num_seen_classes and self.num_seen_classes:
             out["nme"] = nme_logits(features.float(), self.class_means)
         return out
+
+    def stored_samples(self) -> int:
+        """How many training samples the method keeps (its memory's size)."""
+        return len(self.memory) if self.memory is not None else 0
 
     def frozen_modules(self) -> list[Frozen]:
         """The frozen parts (teacher, old extractors): in eval mode, without gradients, always."""

@@ -41,6 +41,7 @@ class GDumb(Learner):
     config_cls = GDumbConfig
     cfg: GDumbConfig
     needs_memory = True
+    memory_selection = "class_balanced"
 
     def train_indices(self, ctx: TaskContext) -> torch.Tensor:
         """Nothing is trained on the stream."""
