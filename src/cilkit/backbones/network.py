@@ -98,25 +98,68 @@ class IncrementalNet(nn.Module):
         return Frozen(copy.deepcopy(self))
 
 
+class SharedBlocks(nn.Module):
+    """The stem and the first ``at`` stages of a backbone, run once for every branch (MEMO's
+    generalised blocks)."""
+
+    def __init__(self, backbone: Backbone, at: int) -> None:
+        super().__init__()
+        self.stem = backbone.stem
+        self.stages = nn.ModuleList(list(backbone.stages)[:at])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class SpecialisedBlocks(Backbone):
+    """The stages of a backbone from stage ``at`` on, with its pooling: a branch over the maps
+    of :class:`SharedBlocks` (MEMO's specialised blocks). Keeps the backbone's ``last_relu``."""
+
+    def __init__(self, backbone: Backbone, at: int) -> None:
+        super().__init__()
+        self.stem = nn.Identity()
+        self.stages = nn.ModuleList(list(backbone.stages)[at:])
+        self.out_dim = backbone.out_dim
+        self.feature_info = backbone.feature_info[at:]
+        self.last_relu = backbone.last_relu
+
+
+def split_backbone(backbone: Backbone, at: int) -> tuple[SharedBlocks, SpecialisedBlocks]:
+    """``backbone`` cut before stage ``at`` (0 < at < number of stages); the parts share its
+    modules."""
+    if not 0 < at < len(backbone.stages):
+        raise ValueError(f"cannot split a backbone of {len(backbone.stages)} stages at {at}")
+    return SharedBlocks(backbone, at), SpecialisedBlocks(backbone, at)
+
+
 class BranchedNet(IncrementalNet):
     """Several feature extractors side by side, their features concatenated, one head over all
-    (DER's super-feature extractor, Yan et al. 2021).
+    (DER's super-feature extractor, Yan et al. 2021), optionally after a shared trunk (MEMO).
 
     ``add_branch`` builds a new extractor (a copy of the newest one, as DER's code starts it),
-    freezes every earlier one (:class:`Frozen`) and widens the head. The number of branches and
-    which are frozen are read from a state dict's keys when it is loaded, so a checkpoint loads
-    into a freshly built network.
+    freezes every earlier one (:class:`Frozen`) and widens the head; ``freeze_trunk`` freezes the
+    shared trunk. The number of branches and which parts are frozen are read from a state
+    dict's keys when it is loaded, so a checkpoint loads into a freshly built network.
 
     Args:
-        backbone: the first extractor.
+        backbone: the first extractor (over images, or over the trunk's maps).
         head: the head over the concatenated features.
         build_backbone: builds a fresh extractor of the same kind.
+        trunk: blocks every branch shares, run once per image (None: the branches see images).
     """
 
     def __init__(
-        self, backbone: Backbone, head: Head, build_backbone: Callable[[], Backbone]
+        self,
+        backbone: nn.Module,
+        head: Head,
+        build_backbone: Callable[[], nn.Module],
+        trunk: nn.Module | None = None,
     ) -> None:
         nn.Module.__init__(self)
+        self.trunk = trunk if trunk is not None else nn.Identity()
         self.branches = nn.ModuleList([backbone])
         self.head = head
         self._build_backbone = build_backbone
@@ -136,7 +179,13 @@ class BranchedNet(IncrementalNet):
         return self.out_dim * len(self.branches)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([branch(x) for branch in self.branches], dim=1)
+        shared = self.trunk(x)
+        return torch.cat([branch(shared) for branch in self.branches], dim=1)
+
+    def freeze_trunk(self) -> None:
+        """Keep the shared trunk fixed and in eval mode from now on."""
+        if not isinstance(self.trunk, Frozen):
+            self.trunk = Frozen(self.trunk)
 
     def add_branch(self) -> None:
         """Freeze every extractor, add a new one initialised from the newest, widen the head."""
@@ -166,6 +215,8 @@ class BranchedNet(IncrementalNet):
             match = pattern.match(key)
             if match:
                 found[int(match.group(1))] = match.group(2) is not None
+        if any(key.startswith(prefix + "trunk.module.") for key in state_dict):
+            self.freeze_trunk()
         for i in range(len(found)):
             if i >= len(self.branches):
                 device = next(self.branches[0].parameters()).device

@@ -46,9 +46,14 @@ class DER(Learner):
     def __init__(self, cfg, network, memory_cfg, build_backbone=None) -> None:
         if build_backbone is None:
             raise ValueError("DER builds a new extractor per task: pass build_backbone")
-        network = BranchedNet(network.backbone, network.head, build_backbone)
+        network = self.branched_network(cfg, network, build_backbone)
         super().__init__(cfg, network, memory_cfg, build_backbone)
         self.aux_head = ExpandableLinear(network.out_dim)
+
+    @staticmethod
+    def branched_network(cfg, network, build_backbone) -> BranchedNet:
+        """The run's network as the first branch of a multi-branch network."""
+        return BranchedNet(network.backbone, network.head, build_backbone)
 
     def before_task(self, ctx: TaskContext) -> None:
         if ctx.info.num_old_classes:
