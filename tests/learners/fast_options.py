@@ -5,6 +5,7 @@ them."""
 FAST = {
     "bic": ["learner.bias_epochs=2"],
     "eeil": ["learner.finetune_epochs=2"],
+    "foster": ["learner.compression_epochs=2"],
     "gdumb": ["learner.epochs=3"],
 }
 
