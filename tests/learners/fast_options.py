@@ -7,6 +7,7 @@ FAST = {
     "eeil": ["learner.finetune_epochs=2"],
     "foster": ["learner.compression_epochs=2"],
     "gdumb": ["learner.epochs=3"],
+    "podnet": ["learner.finetune_epochs=2"],
 }
 
 

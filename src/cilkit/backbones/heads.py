@@ -1,7 +1,9 @@
-"""Classifier heads that grow, registered by name (``backbone.head``): ``linear`` and ``cosine``.
+"""Classifier heads that grow, registered by name (``backbone.head``): ``linear``, ``cosine`` and
+``local_similarity`` (PODNet's several proxies per class).
 
-Each head keeps one weight ``Parameter`` of shape ``(num_classes, in_features)`` (and one bias
-``Parameter`` where it has a bias) and follows one growth protocol (:class:`Head`):
+Each head keeps its weight rows in ``Parameter`` chunks, ``rows_per_class`` rows per class (one
+but for PODNet's proxies), and one bias ``Parameter`` per chunk where it has a bias, and follows
+one growth protocol (:class:`Head`):
 ``expand`` appends classes, ``expand_inputs`` appends input features (DER's new extractor),
 ``scale_rows`` and ``reset_rows`` rescale or re-initialise classes (LWS, cRT). Growing rebuilds
 the parameters with the old values copied exactly, so an optimiser built before must be rebuilt
@@ -31,14 +33,22 @@ class Head(nn.Module):
     ``biases[i]``) hold the classes the ``i``-th call added. A learner freezes earlier tasks'
     classes by switching off their chunks' ``requires_grad`` (LUCIR), or trains only the newest
     chunk (Liu et al.'s LWS stage). ``weight`` and ``bias`` are the chunks concatenated.
+
+    A class owns ``rows_per_class`` consecutive weight rows (PODNet's proxies; 1 otherwise):
+    ``num_classes``, ``chunk_slices``, ``expand`` and the per-class scales count classes, and
+    class ``c``'s rows are ``weight[c * rows_per_class : (c + 1) * rows_per_class]``. A head with
+    several rows per class has no bias.
     """
 
-    def __init__(self, in_features: int, bias: bool) -> None:
+    def __init__(self, in_features: int, bias: bool, rows_per_class: int = 1) -> None:
         super().__init__()
         if in_features < 1:
             raise ValueError(f"in_features must be >= 1, got {in_features}")
+        if rows_per_class < 1 or (bias and rows_per_class > 1):
+            raise ValueError(f"rows_per_class must be >= 1 (1 with a bias), got {rows_per_class}")
         self.in_features = in_features
         self.has_bias = bias
+        self.rows_per_class = rows_per_class
         # Per-class output scale (1 unless a rebalancing stage such as LWS learned one).
         self.register_buffer("class_scale", torch.ones(0))
         self.weights = nn.ParameterList()
@@ -46,12 +56,12 @@ class Head(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        """Number of output classes (rows over all chunks)."""
-        return sum(w.shape[0] for w in self.weights)
+        """Number of output classes (rows over all chunks / rows per class)."""
+        return sum(w.shape[0] for w in self.weights) // self.rows_per_class
 
     @property
     def weight(self) -> torch.Tensor:
-        """All classes' weight rows ``(num_classes, in_features)``."""
+        """All classes' weight rows ``(num_classes * rows_per_class, in_features)``."""
         if not len(self.weights):
             return self.class_scale.new_zeros(0, self.in_features)
         return self.weights[0] if len(self.weights) == 1 else torch.cat(list(self.weights))
@@ -67,6 +77,11 @@ class Head(nn.Module):
 
     def chunk_slices(self) -> list[slice]:
         """The class range of each chunk."""
+        r = self.rows_per_class
+        return [slice(rows.start // r, rows.stop // r) for rows in self._row_slices()]
+
+    def _row_slices(self) -> list[slice]:
+        """The weight-row range of each chunk."""
         out, start = [], 0
         for w in self.weights:
             out.append(slice(start, start + w.shape[0]))
@@ -77,6 +92,11 @@ class Head(nn.Module):
         raise NotImplementedError
 
     def _append(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        if weight.shape[0] % self.rows_per_class:
+            raise ValueError(
+                f"a chunk of {weight.shape[0]} rows is not whole classes of "
+                f"{self.rows_per_class} rows"
+            )
         self.weights.append(nn.Parameter(weight))
         if bias is not None:
             self.biases.append(nn.Parameter(bias))
@@ -95,7 +115,7 @@ class Head(nn.Module):
             raise ValueError(f"num_new must be >= 0, got {num_new}")
         if num_new == 0:
             return
-        new_w = self.class_scale.new_empty(num_new, self.in_features)
+        new_w = self.class_scale.new_empty(num_new * self.rows_per_class, self.in_features)
         new_b = self.class_scale.new_empty(num_new) if self.has_bias else None
         self._init_rows(new_w, new_b)
         self._append(new_w, new_b)
@@ -124,9 +144,9 @@ class Head(nn.Module):
     def scale_weights_(self, scale: torch.Tensor, bias: bool = True) -> None:
         """Multiply each class's weight row (and bias, if ``bias``) by ``scale[class]`` in place
         (WA's weight aligning; folding a learned weight scaling into a linear head)."""
-        for i, rows in enumerate(self.chunk_slices()):
-            factor = scale[rows].to(self.weights[i])
-            self.weights[i].mul_(factor[:, None])
+        for i, classes in enumerate(self.chunk_slices()):
+            factor = scale[classes].to(self.weights[i])
+            self.weights[i].mul_(factor.repeat_interleave(self.rows_per_class)[:, None])
             if bias and self.has_bias:
                 self.biases[i].mul_(factor)
 
@@ -145,13 +165,16 @@ class Head(nn.Module):
     @torch.no_grad()
     def reset_rows(self) -> None:
         """Re-initialise every class and its output scale (classifier re-training)."""
-        weight = self.class_scale.new_empty(self.num_classes, self.in_features)
+        rows = self.num_classes * self.rows_per_class
+        weight = self.class_scale.new_empty(rows, self.in_features)
         bias = self.class_scale.new_empty(self.num_classes) if self.has_bias else None
         self._init_rows(weight, bias)  # one draw for all classes, as a fresh head of this size
-        for i, rows in enumerate(self.chunk_slices()):
-            self.weights[i].copy_(weight[rows])
+        for i, (chunk, classes) in enumerate(
+            zip(self._row_slices(), self.chunk_slices(), strict=True)
+        ):
+            self.weights[i].copy_(weight[chunk])
             if bias is not None:
-                self.biases[i].copy_(bias[rows])
+                self.biases[i].copy_(bias[classes])
         self.class_scale.fill_(1.0)
 
     def _load_from_state_dict(
@@ -182,10 +205,11 @@ class Head(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        chunks = [w.shape[0] for w in self.weights]
+        chunks = [w.shape[0] // self.rows_per_class for w in self.weights]
+        rows = f", rows_per_class={self.rows_per_class}" if self.rows_per_class > 1 else ""
         return (
             f"in_features={self.in_features}, num_classes={self.num_classes}, "
-            f"chunks={chunks}, bias={self.has_bias}"
+            f"chunks={chunks}, bias={self.has_bias}{rows}"
         )
 
 
@@ -255,6 +279,71 @@ class CosineLinear(Head):
         return f"{super().extra_repr()}, scale={scale}"
 
 
+class LocalSimilarity(Head):
+    """PODNet's local similarity classifier: ``proxies`` weight rows per class (Douillard et al.,
+    ECCV 2020), with the maths of the authors' ``CosineClassifier``
+    (arthurdouillard/incremental_learning.pytorch, ``distance: neg_stable_cosine_distance``,
+    ``merging: softmax``, ``gamma: 1``) and their ``learned_scaling`` post-processor.
+
+    Each proxy's similarity to a feature is the negative squared distance of the normalised
+    vectors, ``s_k = -|x/|x| - w_k/|w_k||^2 = 2 cos_k - 2`` (the paper writes the cosine; the
+    authors' code uses this distance, which doubles the cosine's range and shifts it to [-4, 0]).
+    A class's similarity is the softmax-weighted sum over its proxies,
+    ``y_c = sum_k softmax_k(s) s_k``, and the output is ``sigma * y_c`` with ``sigma`` learned
+    (initial ``scale``; the authors' ``initial_value: 1.0``) or the fixed ``scale``. With one
+    proxy per class it is ``sigma * (2 cos - 2)``: a cosine head of scale ``2 sigma``, shifted.
+    New rows are ``kaiming_normal`` (std ``1/sqrt(in_features)``), as the authors' first task.
+
+    Args:
+        in_features: feature width.
+        proxies: weight rows (proxies) per class.
+        learn_scale: learn ``sigma``; otherwise the similarities are multiplied by ``scale``.
+        scale: the initial or fixed value of ``sigma``.
+    """
+
+    sigma: nn.Parameter | None
+
+    def __init__(
+        self, in_features: int, proxies: int = 10, learn_scale: bool = True, scale: float = 1.0
+    ) -> None:
+        super().__init__(in_features, bias=False, rows_per_class=proxies)
+        self.fixed_scale = float(scale)
+        if learn_scale:
+            self.sigma = nn.Parameter(torch.full((), float(scale)))
+        else:
+            self.register_parameter("sigma", None)
+
+    def set_proxies(self, proxies: int) -> None:
+        """Use ``proxies`` rows per class; only while the head has no class."""
+        if len(self.weights) or proxies < 1:
+            raise ValueError(f"cannot use {proxies} proxies per class in {self}")
+        self.rows_per_class = proxies
+
+    def _init_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        nn.init.kaiming_normal_(weight, nonlinearity="linear")
+
+    def scale(self) -> torch.Tensor | float:
+        """``sigma``: the learned scale, or the fixed one."""
+        return self.sigma if self.sigma is not None else self.fixed_scale
+
+    def proxy_similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """``2 cos - 2`` of every feature and proxy ``(B, num_classes * proxies)``."""
+        cos = F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
+        return (2 * cos - 2).clamp(max=0.0)  # the authors clamp the squared distance at 0
+
+    def similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """Each class's proxies merged by a softmax over them ``(B, num_classes)``."""
+        sims = self.proxy_similarity(features).unflatten(1, (self.num_classes, self.rows_per_class))
+        return (sims.softmax(dim=2) * sims).sum(dim=2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale() * self.similarity(features) * self.class_scale
+
+    def extra_repr(self) -> str:
+        scale = "learned" if self.sigma is not None else f"fixed {self.fixed_scale:g}"
+        return f"{super().extra_repr()}, scale={scale}"
+
+
 HeadBuilder = Callable[[BackboneConfig, int], Head]
 """``fn(backbone_cfg, in_features) -> Head`` (with no classes yet)."""
 
@@ -272,6 +361,13 @@ def linear_head(cfg: BackboneConfig, in_features: int) -> Head:
 def cosine_head(cfg: BackboneConfig, in_features: int) -> Head:
     """Cosine-normalised classifier, learned or fixed scale (LUCIR; LDAM with a fixed scale)."""
     return CosineLinear(in_features, cfg.learn_cosine_scale, cfg.cosine_scale)
+
+
+@register_head("local_similarity")
+def local_similarity_head(cfg: BackboneConfig, in_features: int) -> Head:
+    """PODNet's local similarity classifier: 10 proxies per class merged by a softmax, times a
+    learned scale (``cosine_scale`` its initial value; fixed with ``learn_cosine_scale=false``)."""
+    return LocalSimilarity(in_features, 10, cfg.learn_cosine_scale, cfg.cosine_scale)
 
 
 def create_head(name: str, cfg: BackboneConfig, in_features: int) -> Head:

@@ -16,6 +16,7 @@ from cilkit.learners import (  # noqa: F401  (registration)
     lucir,
     lwf,
     memo,
+    podnet,
     replay,
     wa,
 )
