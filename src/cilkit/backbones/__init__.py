@@ -13,6 +13,7 @@ from cilkit.backbones.heads import (
     CosineLinear,
     ExpandableLinear,
     Head,
+    LocalSimilarity,
     create_head,
     register_head,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Frozen",
     "Head",
     "IncrementalNet",
+    "LocalSimilarity",
     "create_backbone",
     "create_head",
     "create_network",

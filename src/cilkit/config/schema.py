@@ -130,9 +130,10 @@ class BackboneConfig:
     """Classifier head (``linear``, ``cosine``); None = the one the learner declares (LUCIR:
     cosine), else linear. A head other than the learner's is refused."""
     cosine_scale: float = 1.0
-    """Cosine head: the scale sigma multiplying the cosines (its initial value when learned)."""
+    """Cosine and local-similarity heads: the scale sigma multiplying the similarities (its
+    initial value when learned)."""
     learn_cosine_scale: bool = True
-    """Cosine head: learn sigma (LUCIR); false keeps it fixed, e.g. for LDAM, whose own scale s
+    """Cosine and local-similarity heads: learn sigma (LUCIR, PODNet); false keeps it fixed, e.g. for LDAM, whose own scale s
     multiplies cosines in [-1, 1] (Cao et al.'s NormedLinear)."""
 
     def __post_init__(self) -> None:
