@@ -127,14 +127,14 @@ class BackboneConfig:
 
     name: str = "resnet32"
     head: str | None = None
-    """Classifier head (``linear``, ``cosine``); None = the one the learner declares (LUCIR:
-    cosine), else linear. A head other than the learner's is refused."""
+    """Classifier head (``cilkit list heads``); None = the one the learner declares (LUCIR:
+    cosine, PODNet: local_similarity), else linear. A head other than the learner's is refused."""
     cosine_scale: float = 1.0
     """Cosine and local-similarity heads: the scale sigma multiplying the similarities (its
     initial value when learned)."""
     learn_cosine_scale: bool = True
-    """Cosine and local-similarity heads: learn sigma (LUCIR, PODNet); false keeps it fixed, e.g. for LDAM, whose own scale s
-    multiplies cosines in [-1, 1] (Cao et al.'s NormedLinear)."""
+    """Cosine and local-similarity heads: learn sigma (LUCIR, PODNet); false keeps it fixed,
+    e.g. for LDAM, whose own scale s multiplies cosines in [-1, 1] (Cao et al.'s NormedLinear)."""
 
     def __post_init__(self) -> None:
         _check(self.cosine_scale > 0, "cosine_scale", "must be > 0")
