@@ -171,9 +171,12 @@ def test_frozen_parts_stay_in_eval_mode_and_keep_their_statistics(name, tmp_path
     cls = LEARNERS.get(name).obj
     original = cls.training_step
     seen: dict[int, dict] = {}
+    teachers: set[int] = set()
 
     def training_step(self, batch):
         out = original(self, batch)
+        if self.old_network is not None:
+            teachers.add(id(self.old_network))
         for module in self.frozen_modules():
             state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             record = seen.setdefault(id(module), {"first": state, "modes": set()})
@@ -184,7 +187,8 @@ def test_frozen_parts_stay_in_eval_mode_and_keep_their_statistics(name, tmp_path
     monkeypatch.setattr(cls, "training_step", training_step)
     Trainer(tiny(name), tmp_path, log=None).fit()
     if cls.keeps_old_network:
-        assert len(seen) == 2  # one teacher for each of tasks 1 and 2
+        assert len(teachers) == 2  # one teacher for each of tasks 1 and 2
+        assert teachers <= seen.keys()  # and each is a frozen part
     for record in seen.values():
         assert record["modes"] == {False}
         for key, first in record["first"].items():
