@@ -1,0 +1,87 @@
+"""Every registered learner on one protocol: the comparison table of docs/REPRODUCIBILITY.md.
+
+Runs ``benchmarks/seeds.py`` with one variant per learner in the registry (a method registered
+tomorrow is in tomorrow's table) on ``configs/cifar10_cil_cpu.yaml`` by default, each adapted
+only where the method requires it:
+
+- a learner that keeps no exemplars (finetune, LwF, EWC, joint) runs without a memory;
+- a learner that needs its own memory selection (DER++'s reservoir, GDumb's class-balanced
+  memory) gets it;
+- a learner's extra training stages (BiC's bias correction, EEIL's balanced finetuning, FOSTER's
+  compression, PODNet's classifier finetuning, GDumb's training from scratch) get the
+  protocol's epochs per task, so every method trains for the same number of epochs per stage.
+
+    python benchmarks/zoo.py --data-root /path/with/cifar-10-batches-py --out runs/zoo \\
+        [--learners icarl,der] [--seeds 1993] [--jobs 2] [--extra engine.device=cuda]
+
+Everything after the options is the same as seeds.py: runs whose summary.json exists are kept,
+so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+STAGE_EPOCHS = {
+    "bic": "learner.bias_epochs",
+    "eeil": "learner.finetune_epochs",
+    "foster": "learner.compression_epochs",
+    "gdumb": "learner.epochs",
+    "podnet": "learner.finetune_epochs",
+}
+"""The option holding a learner's own stage epochs (set to the protocol's epochs per task)."""
+
+METRICS = (
+    "avg_incremental_accuracy,last_accuracy,forgetting,"
+    "nme_avg_incremental_accuracy,nme_last_accuracy"
+)
+
+
+def overrides(name: str, epochs: int) -> list[str]:
+    """What learner ``name`` needs on the shared protocol."""
+    from cilkit.learners import LEARNERS
+
+    learner = LEARNERS.get(name).obj
+    out = [f"learner.name={name}"]
+    if not learner.uses_memory:
+        out.append("memory.memory_size=null")
+    if learner.memory_selection:
+        out.append(f"memory.selection={learner.memory_selection}")
+    if name in STAGE_EPOCHS:
+        out.append(f"{STAGE_EPOCHS[name]}={epochs}")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/cifar10_cil_cpu.yaml")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--learners", help="comma-separated (default: every registered learner)")
+    p.add_argument("--seeds", default="1993")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--extra", action="append", default=[], help="override for every run")
+    p.add_argument("--dry-run", action="store_true", help="print the seeds.py command only")
+    args = p.parse_args()
+
+    from cilkit.config import load_config
+    from cilkit.learners import LEARNERS
+
+    epochs = load_config(args.config).train.epochs
+    names = args.learners.split(",") if args.learners else LEARNERS.names()
+    cmd = [sys.executable, str(Path(__file__).with_name("seeds.py")), "--out", args.out]
+    cmd += ["--seeds", args.seeds, "--jobs", str(args.jobs), "--metrics", METRICS]
+    for name in names:
+        parts = [args.config, f"data.root={args.data_root}", *overrides(name, epochs)]
+        cmd += ["--variant", f"{name}=" + ",".join(parts + args.extra)]
+    if args.dry_run:
+        print(" ".join(cmd))
+        return
+    raise SystemExit(subprocess.call(cmd))
+
+
+if __name__ == "__main__":
+    main()
