@@ -179,7 +179,8 @@ def test_frozen_parts_stay_in_eval_mode_and_keep_their_statistics(name, tmp_path
             teachers.add(id(self.old_network))
         for module in self.frozen_modules():
             state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            record = seen.setdefault(id(module), {"first": state, "modes": set()})
+            # the record holds the module, so its id is not reused by a later one
+            record = seen.setdefault(id(module), {"first": state, "modes": set(), "m": module})
             record["last"] = state
             record["modes"].update(m.training for m in module.modules())
         return out
