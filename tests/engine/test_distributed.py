@@ -125,10 +125,29 @@ def _learner_args(name: str) -> list[str]:
     return args + fast_overrides(name)
 
 
-def _learner_names() -> list[str]:
+COVERED = {
+    "finetune": "icarl",  # main training only, or with a teacher: icarl's path
+    "replay": "icarl",
+    "joint": "icarl",
+    "wa": "icarl",
+    "lwf": "icarl",
+    "il2m": "icarl",
+    "lucir": "icarl",
+    "eeil": "foster",  # a stage with its own saved model
+    "gdumb": "podnet",  # a stage after after_task on the memory's indices
+    "memo": "der",  # a branched network
+}
+"""Learners whose distributed path another learner of the default run already takes: three
+torchrun launches per learner cost about half a minute each, so these run with ``-m slow``. A
+learner not named here (every new one) runs by default."""
+
+
+def _learner_names() -> list:
     from cilkit.learners import LEARNERS
 
-    return LEARNERS.names()
+    return [
+        pytest.param(n, marks=pytest.mark.slow) if n in COVERED else n for n in LEARNERS.names()
+    ]
 
 
 @pytest.mark.parametrize("name", _learner_names())
