@@ -169,7 +169,7 @@ class DeviceSplit:
 
     def augmented(self, indices: torch.Tensor, generator: torch.Generator | None) -> Batch:
         """The samples at ``indices`` as one augmented training batch, in the given order and
-        not sharded (a replay batch drawn from a buffer, as DER++ draws it)."""
+        not sharded (a replay batch drawn from a learner's buffer)."""
         chunk = indices.detach().to("cpu", torch.long)
         ((images, _),) = list(self._uint8_batches([chunk]))
         x = self.transform.train(images, generator)

@@ -265,7 +265,7 @@ def run_stage(
     )
     loss = run_loop(run, loop, resumed, on_epoch_end)
     run.dist.sync_module(run.learner)
-    if stage.state is not None:  # a stage's own model (FOSTER's student) is shared too
+    if stage.state is not None:  # a stage's own model (its state) is shared too
         run.dist.sync_module(stage.state)
     if stage.finish is not None:
         stage.finish()
