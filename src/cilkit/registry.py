@@ -25,8 +25,10 @@ class Entry(Generic[T]):
 
 
 def _first_line(obj: Any) -> str:
+    """The docstring's summary: its first paragraph on one line (a summary wrapped over two
+    lines is not cut)."""
     doc = (getattr(obj, "__doc__", None) or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+    return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
 
 class Registry(Generic[T]):

@@ -32,6 +32,26 @@ def test_list_shows_registered_names(capsys):
         assert f"\n{name} " in "\n" + out
 
 
+BASELINES = {"finetune", "joint"}
+"""Learners that are bounds, not methods from a paper."""
+
+
+def test_every_learner_is_listed_with_its_paper(capsys):
+    """`cilkit list learners` gives each method one complete sentence naming its paper (authors,
+    venue and year), generated from the registry so a new method is checked when it registers."""
+    import re
+
+    from cilkit.learners import LEARNERS
+
+    main(["list", "learners"])
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert set(lines) == set(LEARNERS.names())
+    for name, description in lines.items():
+        assert description.endswith("."), (name, description)
+        if name not in BASELINES:
+            assert re.search(r"\([^()]*(19|20)\d\d\)", description), (name, description)
+
+
 def test_show_config(capsys):
     assert main(["show-config", "icarl"]) == 0
     out = capsys.readouterr().out

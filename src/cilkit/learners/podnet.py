@@ -103,8 +103,10 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, steps: int 
 
 @register_learner("podnet")
 class PODNet(Learner):
-    """PODNet (Douillard et al., "PODNet: Pooled Outputs Distillation for Small-Tasks
-    Incremental Learning", ECCV 2020), details as in the authors' code
+    """PODNet (Douillard et al., ECCV 2020): pooled outputs distillation, local similarity.
+
+    "PODNet: Pooled Outputs Distillation for Small-Tasks Incremental Learning"; details as in
+    the authors' code
     (arthurdouillard/incremental_learning.pytorch, ``inclearn/models/podnet.py`` with
     ``options/podnet/podnet_cnn_cifar100.yaml``):
 
