@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +46,30 @@ def results(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "train_seconds"}
 
 
+@dataclass
+class FullRun:
+    dir: Path
+    summary: dict
+    printed: str
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted run of ``tiny(name)`` per learner, shared by the tests that only read
+    its record (the suite trains each learner once for them, not once per test)."""
+    runs: dict[str, FullRun] = {}
+
+    def get(name: str) -> FullRun:
+        if name not in runs:
+            run_dir = tmp_path_factory.mktemp(f"full-{name}")
+            printed = io.StringIO()
+            summary = Trainer(tiny(name), run_dir, log=printed).fit()
+            runs[name] = FullRun(run_dir, summary, printed.getvalue())
+        return runs[name]
+
+    return get
+
+
 def _interrupt_in_epoch(monkeypatch, epoch: int, batch: int = 2) -> None:
     """Ctrl-C at a batch of the ``epoch``-th training epoch of the run (1-based, counting the
     main training's and the stages' epochs in the order they run)."""
@@ -61,11 +87,13 @@ def _interrupt_in_epoch(monkeypatch, epoch: int, batch: int = 2) -> None:
 
 
 @pytest.mark.parametrize("name", LEARNERS.names())
-def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(name, tmp_path, monkeypatch):
+def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(
+    name, tmp_path, monkeypatch, full_run
+):
     """Freezing, parameter groups and random choices made at a task's start survive a mid-task
     resume: the engine calls ``configure_training`` (and draws the task's generator) again."""
     cfg = tiny(name)
-    expected = results(Trainer(cfg, tmp_path / "full", log=None).fit())
+    expected = results(full_run(name).summary)
     _interrupt_in_epoch(monkeypatch, epoch=5, batch=1)  # task 1's second epoch of training
     with pytest.raises(RunInterrupted, match="task 1, epoch 1"):
         Trainer(cfg, tmp_path / "cut", log=None).fit()
@@ -98,36 +126,33 @@ def test_ctrl_c_inside_a_stage_resumes_to_the_uninterrupted_result(
 
 
 @pytest.mark.parametrize("name", LEARNERS.names())
-def test_every_predict_key_reaches_the_table_summary_and_plots(name, tmp_path):
-    cfg = tiny(name)
-    out = io.StringIO()
-    trainer = Trainer(cfg, tmp_path, log=out)
-    summary = trainer.fit()
-    parts = trainer.setup()
+def test_every_predict_key_reaches_the_table_summary_and_plots(name, full_run):
+    run = full_run(name)
+    summary, run_dir = run.summary, run.dir
+    parts = Trainer(tiny(name), run_dir, log=None).setup()
     learner = parts.learner
     from cilkit.engine.checkpoint import latest_checkpoint, load_checkpoint
 
-    learner.load_state_dict(load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["learner"])
+    learner.load_state_dict(load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["learner"])
     learner.eval()
     x = next(parts.test.eval_batches(torch.arange(2), 2)).x
     keys = list(learner.predict(x))
     assert summary["classifiers"] == keys and keys[0] == "cnn"
-    header = next(line for line in out.getvalue().splitlines() if line.startswith("task classes"))
+    header = next(line for line in run.printed.splitlines() if line.startswith("task classes"))
     for key in keys:
         prefix = "" if key == "cnn" else f"{key}_"
         assert summary[f"{prefix}avg_incremental_accuracy"] is not None
         assert key.upper() in header or key == "cnn"
-        assert f"{key.upper()}: average incremental accuracy" in out.getvalue()
+        assert f"{key.upper()}: average incremental accuracy" in run.printed
         plot = "accuracy_matrix.png" if key == "cnn" else f"accuracy_matrix_{key}.png"
-        assert (tmp_path / "plots" / plot).exists()
-    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+        assert (run_dir / "plots" / plot).exists()
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["classifiers"] == keys
 
 
 @pytest.mark.parametrize("name", LEARNERS.names())
-def test_named_loss_terms_reach_the_log(name, tmp_path):
-    Trainer(tiny(name), tmp_path, log=None).fit()
-    log = (tmp_path / "log.txt").read_text().splitlines()
+def test_named_loss_terms_reach_the_log(name, full_run):
+    log = (full_run(name).dir / "log.txt").read_text().splitlines()
     lines = [x for x in log if x.startswith(("task 3/3 epoch", "task 3: ")) and " epoch " in x]
     assert lines and all("loss" in x and "train accuracy" in x for x in lines)
 

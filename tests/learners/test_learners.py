@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,10 +35,59 @@ def tiny(name: str, *overrides: str, tasks: str = "4,3"):
     return build_config(data, [*fast_overrides(name), *overrides])
 
 
+@dataclass
+class WatchedRun:
+    """A run of ``tiny(name)`` and what its frozen parts did during training."""
+
+    dir: Path
+    summary: dict
+    frozen: list[dict]  # per frozen module: its state at its first and last step, its modes
+    teachers: int  # distinct teachers seen
+
+
+def _watched_run(name: str, run_dir: Path) -> WatchedRun:
+    cls = LEARNERS.get(name).obj
+    original = cls.training_step
+    seen: dict[int, dict] = {}
+    teachers: set[int] = set()
+
+    def training_step(self, batch):
+        out = original(self, batch)
+        if self.old_network is not None:
+            teachers.add(id(self.old_network))
+        for module in self.frozen_modules():
+            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            # the record holds the module, so its id is not reused by a later one
+            record = seen.setdefault(id(module), {"first": state, "modes": set(), "m": module})
+            record["last"] = state
+            record["modes"].update(m.training for m in module.modules())
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cls, "training_step", training_step)
+        summary = Trainer(tiny(name), run_dir, log=None).fit()
+    frozen = [{k: v for k, v in r.items() if k != "m"} for r in seen.values()]
+    assert teachers <= seen.keys()  # every teacher is a frozen part
+    return WatchedRun(run_dir, summary, frozen, len(teachers))
+
+
+@pytest.fixture(scope="module")
+def watched_run(tmp_path_factory):
+    """One watched run per learner, shared by the tests that read it."""
+    runs: dict[str, WatchedRun] = {}
+
+    def get(name: str) -> WatchedRun:
+        if name not in runs:
+            runs[name] = _watched_run(name, tmp_path_factory.mktemp(f"watched-{name}"))
+        return runs[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", LEARNERS.names())
-def test_every_learner_writes_a_complete_run_directory(name, tmp_path):
-    cfg = tiny(name)
-    summary = Trainer(cfg, tmp_path, log=None).fit()
+def test_every_learner_writes_a_complete_run_directory(name, watched_run):
+    run = watched_run(name)
+    cfg, summary, tmp_path = tiny(name), run.summary, run.dir
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["task_id"] for r in records] == [0, 1, 2]
     assert [r["num_seen_classes"] for r in records] == [4, 7, 10]
@@ -165,32 +216,13 @@ def test_wa_aligns_after_each_incremental_task(tmp_path):
 
 
 @pytest.mark.parametrize("name", LEARNERS.names())
-def test_frozen_parts_stay_in_eval_mode_and_keep_their_statistics(name, tmp_path, monkeypatch):
+def test_frozen_parts_stay_in_eval_mode_and_keep_their_statistics(name, watched_run):
     """The teacher (and any other frozen part) normalises with its running statistics during
     training and never updates them: PyCIL, FACIL and Liu et al. keep it in eval mode."""
-    cls = LEARNERS.get(name).obj
-    original = cls.training_step
-    seen: dict[int, dict] = {}
-    teachers: set[int] = set()
-
-    def training_step(self, batch):
-        out = original(self, batch)
-        if self.old_network is not None:
-            teachers.add(id(self.old_network))
-        for module in self.frozen_modules():
-            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            # the record holds the module, so its id is not reused by a later one
-            record = seen.setdefault(id(module), {"first": state, "modes": set(), "m": module})
-            record["last"] = state
-            record["modes"].update(m.training for m in module.modules())
-        return out
-
-    monkeypatch.setattr(cls, "training_step", training_step)
-    Trainer(tiny(name), tmp_path, log=None).fit()
-    if cls.keeps_old_network:
-        assert len(teachers) == 2  # one teacher for each of tasks 1 and 2
-        assert teachers <= seen.keys()  # and each is a frozen part
-    for record in seen.values():
+    run = watched_run(name)
+    if LEARNERS.get(name).obj.keeps_old_network:
+        assert run.teachers == 2  # one teacher for each of tasks 1 and 2
+    for record in run.frozen:
         assert record["modes"] == {False}
         for key, first in record["first"].items():
             assert torch.equal(first, record["last"][key]), key
