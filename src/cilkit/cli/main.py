@@ -1,4 +1,4 @@
-"""The ``cilkit`` command: run, tune, list, show-config.
+"""The ``cilkit`` command: run, tune, import-weights, list, show-config.
 
 Importing this module (and ``cilkit --help`` / ``--version``) does not import torch; each command
 imports what it needs.
@@ -92,7 +92,15 @@ def _parser() -> argparse.ArgumentParser:
         "on the same training data with a chosen loss (GML by default), optionally ensemble the "
         "old and new classifiers, and save the result as a new run with before/after metrics.",
     )
-    tune.add_argument("--from", dest="source", required=True, metavar="RUN_DIR")
+    tune.add_argument("--from", dest="source", metavar="RUN_DIR", help="a finished cilkit run")
+    tune.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="instead of --from: a model trained elsewhere (.safetensors, or a .pt/.pth state "
+        "dict read with weights_only=True; see import-weights), with -c CONFIG giving its data "
+        "and backbone in one task of all classes, and its classifier with one row per class",
+    )
+    tune.add_argument("-c", "--config", help="with --weights: experiment YAML (KEY=VALUE too)")
     tune.add_argument("--out", help="new run directory (default: RUN_DIR-tuned-LOSS)")
     tune.add_argument("--loss", default="gml", help="registered loss (cilkit list losses)")
     tune.add_argument(
@@ -110,6 +118,39 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--t-new", type=float, default=1.0, help="ensemble temperature (new)")
     tune.add_argument("--t-old", type=float, default=1.0, help="ensemble temperature (old)")
     tune.add_argument("--overwrite", action="store_true")
+
+    imp = sub.add_parser(
+        "import-weights",
+        help="convert a state dict from another toolbox into cilkit's names (.safetensors)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent(
+            """\
+            Convert trained weights once into cilkit's key names, checked against a cilkit
+            backbone, and write them as OUT.safetensors plus OUT.json (what was mapped). Use the
+            result with backbone.weights=OUT.safetensors in cilkit run, or cilkit tune --weights.
+
+            SRC is a .safetensors file or a PyTorch .pt/.pth state dict, read with
+            torch.load(weights_only=True) only: a pickle that would run code or build objects
+            is refused and nothing in it runs. Recognised layouts: DataParallel 'module.',
+            PyCIL ('convnet.' + 'fc.'), torchvision ResNet names (conv1, layer1.0.conv1,
+            downsample), PyCIL's CIFAR ResNets (conv_1_3x3, stage_1.0.conv_a), classifier
+            names fc/linear/classifier/head, and cilkit's own. A file that would load the
+            backbone only partly is refused with the missing and mismatched keys listed,
+            unless --allow-partial.
+            """
+        ),
+        epilog="example: cilkit import-weights ce_model.pth --backbone resnet32 -o ce.safetensors",
+    )
+    imp.add_argument("src", metavar="SRC")
+    imp.add_argument("--backbone", required=True, help="cilkit backbone (cilkit list backbones)")
+    imp.add_argument("-o", "--out", required=True, metavar="OUT.safetensors")
+    imp.add_argument("--in-channels", type=int, default=3, help="image channels (default 3)")
+    imp.add_argument(
+        "options", nargs="*", metavar="backbone.KEY=VALUE", help="backbone options (stem=cifar)"
+    )
+    imp.add_argument(
+        "--allow-partial", action="store_true", help="write what fits even if keys are missing"
+    )
 
     ls = sub.add_parser("list", help="list registered components with a one-line description")
     ls.add_argument("kind", choices=list(KINDS))
@@ -179,16 +220,27 @@ def _claim_run_dir(out: Path, overwrite: bool) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from cilkit.components.plugin_tuning import TuneOptions, tune
+    from cilkit.components.plugin_tuning import TuneOptions, tune, tune_weights
     from cilkit.config.loader import parse_override
 
+    if (args.source is None) == (args.weights is None):
+        raise CilkitError("tune needs either --from RUN_DIR or --weights PATH -c CONFIG")
+    if args.weights is not None and not args.config:
+        raise CilkitError("--weights needs -c CONFIG (the data, scenario and backbone)")
+    if args.config and args.weights is None:
+        raise CilkitError("-c is for --weights; --from uses the run's own config.yaml")
     loss: dict = {"name": args.loss}
+    overrides = []
     for text in args.loss_options:
         key, value = parse_override(text)
+        if args.weights is not None and not key.startswith("loss."):
+            overrides.append(text)
+            continue
         if not key.startswith("loss.") or key.count(".") != 1:
             raise CilkitError(f"'{text}': loss options are given as loss.KEY=VALUE")
         loss[key.split(".", 1)[1]] = value
-    out = Path(args.out) if args.out else Path(f"{args.source.rstrip('/')}-tuned-{args.loss}")
+    origin = args.source or str(Path(args.weights).with_suffix(""))
+    out = Path(args.out) if args.out else Path(f"{origin.rstrip('/')}-tuned-{args.loss}")
     _claim_run_dir(out, args.overwrite)
     opts = TuneOptions(
         loss=loss,
@@ -199,8 +251,44 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         t_new=args.t_new,
         t_old=args.t_old,
     )
-    tune(args.source, out, opts)
+    if args.weights is not None:
+        from cilkit.config import build_config
+        from cilkit.config.loader import read_yaml
+        from cilkit.config.source import ConfigSource
+
+        source = ConfigSource(args.config, tuple(overrides))
+        cfg = build_config(read_yaml(args.config), source=source)
+        tune_weights(cfg, args.weights, out, opts, source=source)
+    else:
+        tune(args.source, out, opts)
     print(f"\ntuned run directory: {out}")
+    return 0
+
+
+def _cmd_import_weights(args: argparse.Namespace) -> int:
+    from cilkit.backbones import create_backbone
+    from cilkit.backbones.weights import load_backbone_weights, save_weights
+    from cilkit.config import build_config
+    from cilkit.config.loader import parse_override
+
+    options: dict = {"name": args.backbone}
+    for text in args.options:
+        key, value = parse_override(text)
+        if not key.startswith("backbone.") or key.count(".") != 1:
+            raise CilkitError(f"'{text}': backbone options are given as backbone.KEY=VALUE")
+        options[key.split(".", 1)[1]] = value
+    cfg = build_config({"backbone": options}).backbone
+    if not args.out.endswith(".safetensors"):
+        raise CilkitError(f"-o {args.out}: the output is a .safetensors file")
+    backbone = create_backbone(cfg, args.in_channels)
+    mapped = load_backbone_weights(
+        backbone, args.src, strict=not args.allow_partial, what=f"backbone '{args.backbone}'"
+    )
+    record = save_weights(mapped, args.out, args.backbone)
+    print(mapped.summary())
+    head = mapped.head_weight
+    print(f"classifier: {list(head.shape)}" if head is not None else "classifier: none in the file")
+    print(f"wrote {args.out} and {record}")
     return 0
 
 
@@ -313,16 +401,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may come before or after options (argparse alone stops at the first option).
     args, extra = parser.parse_known_args(argv)
-    unknown = [e for e in extra if e.startswith("-") or args.command not in ("run", "tune")]
+    free = ("run", "tune", "import-weights")
+    unknown = [e for e in extra if e.startswith("-") or args.command not in free]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         args.overrides = list(args.overrides) + extra
     elif args.command == "tune":
         args.loss_options = list(args.loss_options) + extra
+    elif args.command == "import-weights":
+        args.options = list(args.options) + extra
     commands = {
         "run": _cmd_run,
         "tune": _cmd_tune,
+        "import-weights": _cmd_import_weights,
         "list": _cmd_list,
         "show-config": _cmd_show_config,
     }

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cilkit.config import build_config, dump_config, load_config
+from cilkit.backbones.weights import WeightsError, load_network_weights
+from cilkit.config import ExperimentConfig, build_config, dump_config, load_config
 from cilkit.config.schema import OptimConfig
+from cilkit.config.source import ConfigSource
 from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.engine.build import build_run, to_device
 from cilkit.engine.checkpoint import find_resume_checkpoint
@@ -59,8 +61,9 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
     if not source.config_path.exists():
         raise CheckpointError(f"--from {source.path}: not a run directory (no config.yaml)")
     cfg = load_config(source.config_path)
-    loss_cfg = build_config({"learner": {"name": cfg.learner.name, "loss": opts.loss}}).learner.loss
-    s = build_run(cfg, str(source.config_path))
+    loss_cfg = _loss_config(cfg, opts)
+    # The checkpoint replaces every weight: backbone.weights (if any) is not read again.
+    s = build_run(cfg, str(source.config_path), load_weights=False)
     found = find_resume_checkpoint(source.path / "checkpoints")
     if found is None:
         raise CheckpointError(f"--from {source.path}: the run has no checkpoint")
@@ -71,6 +74,56 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
     learner.load_state_dict(state["learner"])
     to_device(learner, s.device, cfg.engine.channels_last)
     t = s.train_scenario.num_tasks - 1
+    return _tune(cfg, s, t, loss_cfg, out_dir, opts, log, str(source.path))
+
+
+def tune_weights(
+    cfg: ExperimentConfig,
+    weights: str | Path,
+    out_dir: str | Path,
+    opts: TuneOptions,
+    log: Any = "stdout",
+    source: ConfigSource | str | None = None,
+):
+    """Re-train the classifier of a model trained elsewhere (``cilkit tune --weights``).
+
+    ``cfg`` describes the data and the backbone; its scenario must be one task holding every
+    class (the long-tailed recognition setting). The backbone and the classifier come from
+    ``weights`` (see :mod:`cilkit.backbones.weights`); the file's classifier must have one row
+    per class of the dataset, since it is the classifier being tuned and the ``before`` scores.
+    """
+    cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, weights=str(weights)))
+    loss_cfg = _loss_config(cfg, opts)
+    s = build_run(cfg, source, load_weights=False)
+    src = ConfigSource.of(source)
+    scn = s.train_scenario
+    if scn.num_tasks != 1:
+        raise src.error(
+            "scenario.initial_increment",
+            f"tune --weights needs one task with all {scn.num_classes} classes: set "
+            f"scenario.initial_increment={scn.num_classes} (got {scn.num_tasks} tasks)",
+        )
+    learner = s.learner
+    info = scn.task_info(0)
+    learner.before_task(TaskContext(info, s.train, torch.Generator(), cfg.train.eval_batch_size))
+    mapped = load_network_weights(
+        learner.network, weights, cfg.backbone.weights_strict, scn.num_classes, scn.class_order
+    )
+    if not mapped.head_loaded:
+        raise WeightsError(f"{weights}: cannot tune its classifier: {mapped.head_note}")
+    to_device(learner, s.device, cfg.engine.channels_last)
+    return _tune(cfg, s, 0, loss_cfg, out_dir, opts, log, str(weights), report=mapped.summary())
+
+
+def _loss_config(cfg: ExperimentConfig, opts: TuneOptions):
+    return build_config({"learner": {"name": cfg.learner.name, "loss": opts.loss}}).learner.loss
+
+
+def _tune(
+    cfg, s, t: int, loss_cfg, out_dir, opts: TuneOptions, log: Any, tuned_from: str, report=""
+):
+    """Tune the head of ``s.learner`` (holding the classes up to task ``t``) into ``out_dir``."""
+    learner = s.learner
     info = s.train_scenario.task_info(t)
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     ctx = TaskContext(info, s.train, gen, cfg.train.eval_batch_size)
@@ -130,6 +183,8 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
             print(text, file=sys.stdout if log == "stdout" else log, flush=True)
         logger.text(text)
 
+    if report:
+        say(report)
     state = standalone_state(cfg, s, run, logger, say, seed_offset=8)
     run_stage(state, stage, Phase(t, "after_task", 0, stage.name), indices)
     after = _scores(
@@ -147,7 +202,7 @@ def tune(source_dir: str | Path, out_dir: str | Path, opts: TuneOptions, log: An
     final = results["ensemble" if opts.ensemble else "after"]
     run.write_metrics([{"task_id": t, "num_seen_classes": info.num_seen_classes, **final}])
     summary = {
-        "tuned_from": str(source.path),
+        "tuned_from": tuned_from,
         "tune": dataclasses.asdict(opts),
         **{f"{k}": v for k, v in results.items()},
     }

@@ -135,9 +135,19 @@ class BackboneConfig:
     learn_cosine_scale: bool = True
     """Cosine and local-similarity heads: learn sigma (LUCIR, PODNet); false keeps it fixed,
     e.g. for LDAM, whose own scale s multiplies cosines in [-1, 1] (Cao et al.'s NormedLinear)."""
+    weights: str | None = None
+    """Start from trained weights: a ``.safetensors`` file or a PyTorch state dict (read with
+    ``weights_only=True``) in cilkit's, torchvision's, PyCIL's or a DataParallel layout; see
+    ``cilkit import-weights --help``. The classifier rows are used when the file has one per
+    class of the dataset. None = random initialisation. The file is read at every start of the
+    run, a resume included (where a checkpoint then replaces it), so keep it where it is."""
+    weights_strict: bool = True
+    """Refuse weights that would load the backbone only partly (missing or shape-mismatched
+    keys); false loads what fits and reports the rest."""
 
     def __post_init__(self) -> None:
         _check(self.cosine_scale > 0, "cosine_scale", "must be > 0")
+        _check(self.weights is None or bool(str(self.weights).strip()), "weights", "empty path")
 
 
 @dataclass(frozen=True)

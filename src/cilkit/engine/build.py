@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from cilkit.backbones import create_backbone, create_network
+from cilkit.backbones.weights import WeightsError, load_network_weights
 from cilkit.config import ExperimentConfig
 from cilkit.config.source import ConfigSource
 from cilkit.config.validate import validate_experiment
@@ -54,7 +55,10 @@ class RunParts:
 
 
 def build_run(
-    cfg: ExperimentConfig, source: ConfigSource | str | None = None, dist: Distributed | None = None
+    cfg: ExperimentConfig,
+    source: ConfigSource | str | None = None,
+    dist: Distributed | None = None,
+    load_weights: bool = True,
 ) -> RunParts:
     """Load the data and build the scenario, the network and the learner.
 
@@ -62,6 +66,8 @@ def build_run(
         cfg: the resolved experiment config.
         source: where the config came from, for error messages.
         dist: this process's place in a torchrun job (one process when None).
+        load_weights: load ``backbone.weights`` into the network (False when a checkpoint
+            replaces every weight anyway).
     """
     source = ConfigSource.of(source)
     dist = dist or Distributed()
@@ -99,6 +105,17 @@ def build_run(
     channels = dataset.train.image_shape[0]
     head = cfg.backbone.head or LEARNERS.get(cfg.learner.name).obj.head
     network = create_network(cfg.backbone, channels, head=head)
+    if cfg.backbone.weights and load_weights:
+        try:
+            load_network_weights(
+                network,
+                cfg.backbone.weights,
+                cfg.backbone.weights_strict,
+                dataset.num_classes,
+                order,
+            )
+        except WeightsError as err:
+            raise source.error("backbone.weights", str(err)) from None
     if cfg.engine.compile:
         network.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
     build_backbone = functools.partial(create_backbone, cfg.backbone, channels)
