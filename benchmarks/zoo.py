@@ -30,7 +30,10 @@ STAGE_EPOCHS = {
     "eeil": "learner.finetune_epochs",
     "foster": "learner.compression_epochs",
     "gdumb": "learner.epochs",
+    "mislas": "learner.stage2_epochs",
     "podnet": "learner.finetune_epochs",
+    "proto_ltcil": "learner.bias_epochs",
+    "ride": "learner.router_epochs",
 }
 """The option holding a learner's own stage epochs (set to the protocol's epochs per task)."""
 

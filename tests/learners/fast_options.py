@@ -7,7 +7,10 @@ FAST = {
     "eeil": ["learner.finetune_epochs=2"],
     "foster": ["learner.compression_epochs=2"],
     "gdumb": ["learner.epochs=3"],
+    "mislas": ["learner.stage2_epochs=2"],
     "podnet": ["learner.finetune_epochs=2"],
+    "proto_ltcil": ["learner.bias_epochs=2"],
+    "ride": ["learner.router_epochs=2", "learner.reduce_dimension=false"],  # convnet4
 }
 
 

@@ -86,6 +86,31 @@ def _interrupt_in_epoch(monkeypatch, epoch: int, batch: int = 2) -> None:
     monkeypatch.setattr(DeviceSplit, "train_batches", train_batches)
 
 
+def _interrupt_in_main_training(monkeypatch, cls: type, task: int, epoch: int) -> None:
+    """Ctrl-C at the first batch of training epoch ``epoch`` (0-based) of task ``task``, whatever
+    stages run before it: the learner's ``before_epoch`` marks its training epochs (the engine
+    calls it in main training; GDumb, which trains in a stage, calls it there)."""
+    original_epoch, original_batches = cls.before_epoch, DeviceSplit.train_batches
+    armed = {"now": False, "done": False}
+    tasks: list[int] = []  # the classes seen by each task so far
+
+    def before_epoch(self, e, epochs):
+        if not tasks or tasks[-1] != self.num_seen_classes:
+            tasks.append(self.num_seen_classes)
+        armed["now"] = e == epoch and len(tasks) == task + 1
+        return original_epoch(self, e, epochs)
+
+    def train_batches(self, *args, **kwargs):
+        for b in original_batches(self, *args, **kwargs):
+            if armed["now"] and not armed["done"]:
+                armed["done"] = True
+                os.kill(os.getpid(), signal.SIGINT)
+            yield b
+
+    monkeypatch.setattr(cls, "before_epoch", before_epoch)
+    monkeypatch.setattr(DeviceSplit, "train_batches", train_batches)
+
+
 @pytest.mark.parametrize("name", LEARNERS.names())
 def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(
     name, tmp_path, monkeypatch, full_run
@@ -94,7 +119,7 @@ def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(
     resume: the engine calls ``configure_training`` (and draws the task's generator) again."""
     cfg = tiny(name)
     expected = results(full_run(name).summary)
-    _interrupt_in_epoch(monkeypatch, epoch=5, batch=1)  # task 1's second epoch of training
+    _interrupt_in_main_training(monkeypatch, LEARNERS.get(name).obj, task=1, epoch=1)
     with pytest.raises(RunInterrupted, match="task 1, epoch 1"):
         Trainer(cfg, tmp_path / "cut", log=None).fit()
     monkeypatch.undo()

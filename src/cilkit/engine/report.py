@@ -19,8 +19,10 @@ def _label(name: str) -> str:
 
 
 def table_header(record: dict[str, Any]) -> str:
-    """The column titles: CNN, top-5, old, new, then one column per further classifier."""
+    """The column titles: CNN, top-5, old, new, then one column per further classifier and per
+    evaluation statistic of the learner."""
     others = "".join(f" {_label(n):>6}" for n in record_classifiers(record)[1:])
+    others += "".join(f" {k:>6}" for k in record.get("evaluation_stats", {}))
     return (
         f"{'task':>4} {'classes':>7} {'CNN':>6} {'top-5':>6} {'old':>6} {'new':>6}{others} "
         f"{'loss':>7} {'time s':>7}"
@@ -32,6 +34,9 @@ def table_row(r: dict[str, Any]) -> str:
     loss = f"{r['train_loss']:7.3f}" if r["train_loss"] is not None else "      -"
     others = "".join(
         f" {_fmt(r.get(classifier_keys(n)['accuracy']))}" for n in record_classifiers(r)[1:]
+    )
+    others += "".join(
+        f" {_fmt(v, max(6, len(k)))}" for k, v in r.get("evaluation_stats", {}).items()
     )
     return (
         f"{r['task_id']:>4} {r['num_seen_classes']:>7} {_fmt(r['accuracy'])} "
@@ -54,6 +59,8 @@ def summary_text(s: dict[str, Any]) -> str:
             f"{_fmt(s[prefix + 'forgetting'], 0).strip()}, backward transfer "
             f"{_fmt(s[prefix + 'backward_transfer'], 0).strip()}"
         )
+    for key, value in s.get("evaluation_stats", {}).items():
+        lines.append(f"  {key} {value:.2f} (last task)")
     lines.append(f"  training time {s['train_seconds']:.1f} s")
     return "\n".join(lines)
 

@@ -327,10 +327,12 @@ class Trainer:
         """Every classifier of the learner on every class seen so far."""
         cfg, info, t = self.cfg, ctx.info, ctx.info.task_id
         seen = run.parts.test_scenario[: t + 1]
-        top1, top5, targets = predict_split(
-            run.learner, run.parts.test, seen.indices, cfg.train.eval_batch_size, run.amp
-        )
         learner = run.learner
+        learner.reset_evaluation_stats()
+        top1, top5, targets = predict_split(
+            learner, run.parts.test, seen.indices, cfg.train.eval_batch_size, run.amp
+        )
+        stats = {k: float(v) for k, v in learner.evaluation_stats().items()}
         record = {
             "task_id": t,
             "num_seen_classes": info.num_seen_classes,
@@ -349,12 +351,15 @@ class Trainer:
             "memory_size": learner.stored_samples(),
             "train_seconds": round(seconds, 3),
         }
+        if stats:
+            record["evaluation_stats"] = stats
         run.logger.scalars(
             {
                 f"accuracy/{name}": record.get("accuracy" if name == "cnn" else f"accuracy_{name}")
                 for name in record["classifiers"]
             }
-            | {"accuracy/old": record["old_accuracy"], "accuracy/new": record["new_accuracy"]},
+            | {"accuracy/old": record["old_accuracy"], "accuracy/new": record["new_accuracy"]}
+            | {f"stats/{k}": v for k, v in stats.items()},
             info.num_seen_classes,
         )
         return record

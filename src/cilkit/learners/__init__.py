@@ -16,8 +16,11 @@ from cilkit.learners import (  # noqa: F401  (registration)
     lucir,
     lwf,
     memo,
+    mislas,
     podnet,
+    proto_ltcil,
     replay,
+    ride,
     wa,
 )
 from cilkit.learners.base import LEARNERS, Learner, create_learner, register_learner

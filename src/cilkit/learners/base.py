@@ -20,6 +20,9 @@ engine calls, for each task:
 - ``after_task(ctx)``: keep the old network if asked, update the memory and class means.
 - ``predict(x)``: scores per classifier, e.g. ``{"cnn": logits, "nme": -distances}``; every key
   is evaluated and reaches the metrics, the table, the summary and the plots.
+- ``reset_evaluation_stats()`` before each evaluation and ``evaluation_stats()`` after it:
+  scalars a learner counts during ``predict`` (RIDE's experts per sample), written into the
+  task's record (``evaluation_stats``), the table and the summary.
 
 Everything kept across tasks is a registered parameter or buffer, or in ``extra_state``, so it is
 saved with the learner's ``state_dict``. Frozen parts are wrapped in :class:`Frozen` and stay in
@@ -166,6 +169,15 @@ class Learner(nn.Module):
         if len(self.class_means) == self.num_seen_classes and self.num_seen_classes:
             out["nme"] = nme_logits(features.float(), self.class_means)
         return out
+
+    def reset_evaluation_stats(self) -> None:
+        """Called before each evaluation: forget what ``predict`` counted so far."""
+
+    def evaluation_stats(self) -> dict[str, float]:
+        """Scalars ``predict`` counted since ``reset_evaluation_stats`` (default none). The
+        evaluation is not sharded (every process predicts every test sample), so each process
+        holds the whole test set's values."""
+        return {}
 
     def stored_samples(self) -> int:
         """How many training samples the method keeps (its memory's size)."""

@@ -10,6 +10,7 @@ from cilkit.losses.base import (
     register_loss,
 )
 from cilkit.losses.distillation import kd_loss
+from cilkit.losses.label_aware_smoothing import LabelAwareSmoothingLoss  # noqa: F401
 from cilkit.losses.long_tail import (
     BalancedSoftmaxLoss,
     ClassBalancedLoss,

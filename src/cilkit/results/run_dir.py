@@ -1,7 +1,8 @@
 """The run directory every run writes and the CLI, the UI and the tests read.
 
-``config.yaml`` (resolved config), ``metrics.jsonl`` (one object per finished task),
-``summary.json`` (whole-run metrics) and ``plots/``. All writes are atomic.
+``config.yaml`` (resolved config), ``metrics.jsonl`` (one object per finished task, with the
+learner's ``evaluation_stats`` when it counts any), ``summary.json`` (whole-run metrics: those
+stats after the last task and per task) and ``plots/``. All writes are atomic.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     lt_keys = (*LONG_TAIL_SCALARS, "per_class_recall", "train_class_counts")
     if records:
         summary.update({k: records[-1][k] for k in lt_keys if k in records[-1]})
+    stats = [r.get("evaluation_stats", {}) for r in records]
+    if stats and stats[-1]:
+        summary["evaluation_stats"] = dict(stats[-1])
+        summary["evaluation_stats_per_task"] = {k: [s.get(k) for s in stats] for k in stats[-1]}
     summary["num_seen_classes"] = [r["num_seen_classes"] for r in records]
     summary["train_seconds"] = sum(r.get("train_seconds", 0.0) for r in records)
     return summary

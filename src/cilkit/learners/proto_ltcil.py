@@ -1,0 +1,300 @@
+"""Prototype LT-CIL: nearest-prototype learning with a bias layer, sample mix and prototype
+distance distillation (the thesis code "Class_incremental_learning_in_long_tail")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cilkit.config.schema import FieldError, LearnerConfig, OptimConfig
+from cilkit.contract import Batch, StageTime, StepOutput, TaskContext, TrainingStage
+from cilkit.learners.base import Learner, register_learner
+
+
+@dataclass(frozen=True)
+class ProtoLTCILConfig(LearnerConfig):
+    name: str = "proto_ltcil"
+    mix: bool = True
+    """Sample mix (seed ``--mix``): current-task images mixed with exemplars."""
+    mix_lambda: float = 0.5
+    """Share of the current-task image in a mixed image (and of its label in the loss)."""
+    mix_weight: float = 0.1
+    """Weight of the mixed images' NCM loss (the seed's fixed 0.1)."""
+    pull_weight: float = 1e-3
+    """Weight of the pull term (seed ``--pullR``, README command)."""
+    push_weight: float = 1e-4
+    """Weight of the push term (seed ``--pushR``, README command)."""
+    temperature: float = 2.0
+    """The seed's T: push distances are divided by it; pull's weight grows as ``T**task``."""
+    task_scaling: bool = True
+    """The seed's schedule: pull weight times ``T**task_id``, push weight over ``task_id + 1``."""
+    bias_epochs: int = 30
+    """Epochs of the bias-layer stage after each task (seed ``--Bias_epoch``); 0 = off."""
+    bias_lr: float = 1e-4
+    """Adam learning rate of the bias-layer stage (the seed's ``bisoptim``)."""
+    bias_first_task: bool = True
+    """Train the first task's pair too (the seed: per-class calibration of a long-tailed first
+    task); false = from the first incremental task on, as BiC."""
+
+    def __post_init__(self) -> None:
+        if self.loss.name != "ce":
+            raise FieldError("loss", "proto_ltcil trains with its NCM loss on distances: use ce")
+        if self.rebalance is not None:
+            raise FieldError("rebalance", "proto_ltcil has no linear head to rebalance")
+        if not 0 < self.mix_lambda < 1:
+            raise FieldError("mix_lambda", "must be in (0, 1)")
+        for key in ("mix_weight", "pull_weight", "push_weight", "bias_epochs"):
+            if getattr(self, key) < 0:
+                raise FieldError(key, "must be >= 0")
+        for key in ("temperature", "bias_lr"):
+            if getattr(self, key) <= 0:
+                raise FieldError(key, "must be > 0")
+
+
+def squared_distances(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """``(n, c)`` squared Euclidean distances of ``(n, d)`` features to ``(c, d)`` prototypes."""
+    return (x.float()[:, None] - prototypes.float()[None]).pow(2).sum(-1)
+
+
+def pull_loss(recomputed: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of each old prototype recomputed now to its stored position."""
+    if not len(recomputed):
+        return recomputed.new_zeros(())
+    return (recomputed - stored).pow(2).sum(1).mean()
+
+
+def push_loss(new: torch.Tensor, old: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``mean_new sum_old 1 / sqrt(1 + d^2 / T)``: grows, up to 1 a pair, as a new prototype
+    nears an old one (the seed's ``rsqrt(d^2 / T)`` made bounded at d = 0)."""
+    if not len(new) or not len(old):
+        return new.new_zeros(())
+    return torch.rsqrt(1 + squared_distances(new, old) / temperature).sum(1).mean()
+
+
+class ClassBias(nn.Module):
+    """Per-class ``alpha * d + beta`` on the distances, one (alpha, beta) vector pair per task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alphas = nn.ParameterList()
+        self.betas = nn.ParameterList()
+
+    def add_task(self, num_classes: int, device: torch.device | None = None) -> None:
+        self.alphas.append(nn.Parameter(torch.ones(num_classes, device=device)))
+        self.betas.append(nn.Parameter(torch.zeros(num_classes, device=device)))
+
+    def forward(self, distances: torch.Tensor, train_last: bool = False) -> torch.Tensor:
+        """The corrected distances; only the last task's pair carries gradients, if asked."""
+        n = len(self.alphas)
+        keep = [train_last and i == n - 1 for i in range(n)]
+        alpha = torch.cat([a if k else a.detach() for a, k in zip(self.alphas, keep, strict=True)])
+        beta = torch.cat([b if k else b.detach() for b, k in zip(self.betas, keep, strict=True)])
+        return distances * alpha + beta
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args) -> None:
+        while (alpha := state_dict.get(f"{prefix}alphas.{len(self.alphas)}")) is not None:
+            self.add_task(len(alpha), alpha.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+@register_learner("proto_ltcil")
+class ProtoLTCIL(Learner):
+    """Prototype LT-CIL (the thesis code ``COAOX/Class_incremental_learning_in_long_tail``).
+
+    Nearest-prototype classification on squared Euclidean distances ``d`` to class prototypes
+    (class means of the un-normalised features, as in prototypical networks, Snell et al. 2017),
+    trained with the seed's ``NCM`` loss: cross-entropy of ``softmax(-bias(d))``. The prototypes
+    of the old classes are the stored means of their exemplars' features (``class_means``, eval
+    mode, refreshed with the current extractor at each task's end, as the seed does); the new
+    classes' prototypes are the means of the batch's features of each class (with gradients),
+    and a new class absent from the batch is left out of the softmax (the seed puts it at
+    distance 10000). The seed caps a class's batch support at 5 samples; all are used here.
+
+    - Bias layer ("re-measure", after BiC): per-class ``alpha * d + beta``, a pair of vectors per
+      task, identity when added. After each task (``after_task``), a stage of ``bias_epochs``
+      trains only the task's pair (Adam, ``bias_lr``) with the extractor frozen, on a balanced
+      set: the old classes' exemplars plus, per new class, as many random samples as its memory
+      quota (drawn at ``after_task`` with the task's generator); the first task's pair too, as
+      the seed does, unless ``bias_first_task`` is false (BiC's). The seed trains on the whole
+      imbalanced task data and doubles its lr every 10 epochs (StepLR gamma 2), which cilkit's
+      schedules (gamma <= 1) do not express: the lr is constant here.
+    - Sample mix: each current-task image of a batch is mixed with a random exemplar
+      (``lambda x_new + (1 - lambda) x_old``, drawn with the engine's generator) and the loss is
+      ``mix_weight * (lambda NCM(y_new) + (1 - lambda) NCM(y_old))``. The seed mixes the first
+      1/16 of the batch with a random slice of the memory, every pair.
+    - Prototype distance distillation: ``pull`` is the mean squared distance between each old
+      class's prototype recomputed from its exemplars in the batch and its stored position
+      (zero when it has not moved); ``push`` is :func:`push_loss` from the batch's new prototypes
+      to the stored old ones. The seed recomputes them on the whole memory at every step; its
+      pull is a softmax over distances, which is never zero, and its push ``rsqrt(d^2 / T)`` is
+      unbounded (clamped at 1e-4); its extra "center" and prototype-spread terms (``--centerR``)
+      are not described by the thesis README and are left out. With ``task_scaling`` the weights
+      follow the seed: ``pull_weight * T**t`` and ``push_weight / (t + 1)`` in task ``t``.
+
+    ``predict`` gives ``cnn``: ``-bias(d)``, the method's classifier (it gets the record's
+    long-tail metrics), and ``nme``: ``-d`` before the bias layer. The linear head of the
+    network is never trained. Seed options and their cilkit keys (the README's command:
+    ``--stage=5 -nep=55 --batch_size=256 --lossF=NCM --pushR=0.0001 --pullR=0.001
+    --Bias_epoch=0 --mix``; the defaults follow it except ``bias_epochs``, the seed's parser
+    default 30, since 0 switches the bias layer off):
+
+    ============================  ==========================================================
+    seed                          cilkit
+    ============================  ==========================================================
+    ``--stage``                   ``scenario.initial_increment`` / ``scenario.increment``
+    ``-nep`` (``--epochs``)       ``train.epochs`` (the seed trains ``nep - 2 t`` in task t)
+    ``--batch_size``              ``train.batch_size``
+    ``-lr`` (Adam), ``-lrS/-lrG`` ``optim.name: adam``, ``optim.lr``, ``milestones``/``gamma``
+    ``--lossF NCM``               always (the other choice is not offered)
+    ``--pushR`` / ``--pullR``     ``learner.push_weight`` / ``learner.pull_weight``
+    ``--Bias_epoch``              ``learner.bias_epochs``
+    ``--mix``                     ``learner.mix`` (``mix_lambda``, ``mix_weight``)
+    ``--num_support_NCM``         ``memory.memory_per_class`` (the seed keeps 5)
+    ProtoNet / PreResNet(32)      ``backbone.name: convnet4`` / ``resnet32``
+    ============================  ==========================================================
+
+    The seed's ``convnet4`` flattens a 2x2x64 map (256-d); cilkit's pools it (64-d).
+    """
+
+    config_cls = ProtoLTCILConfig
+    cfg: ProtoLTCILConfig
+    needs_memory = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bias = ClassBias()
+        self.register_buffer("has_prototype", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("bias_indices", torch.zeros(0, dtype=torch.long))
+        self._split = None
+
+    def before_task(self, ctx: TaskContext) -> None:
+        super().before_task(ctx)
+        n, d = ctx.info.num_new_classes, self.class_means.shape[1]
+        self.bias.add_task(n, self.class_means.device)
+        self.class_means = torch.cat([self.class_means, self.class_means.new_zeros(n, d)])
+        self.has_prototype = F.pad(self.has_prototype, (0, n))
+
+    def before_training(self, ctx: TaskContext, indices: torch.Tensor) -> None:
+        super().before_training(ctx, indices)
+        self._split = ctx.train  # where the exemplars' images are, for the sample mix
+
+    def configure_training(self, ctx: TaskContext) -> list[nn.Parameter]:
+        return list(self.network.backbone.parameters())  # the linear head is not used
+
+    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Pair each current-task image with a random exemplar and mix them."""
+        new = torch.nonzero(batch.y >= self.num_old_classes).flatten()
+        if not self.cfg.mix or not self.num_old_classes or not len(self.memory) or not len(new):
+            return batch
+        stored = self.memory.indices()
+        partner = self._split.augmented(
+            stored[torch.randint(len(stored), (len(new),), generator=generator)], generator
+        )
+        lam = self.cfg.mix_lambda
+        batch.extra["mix"] = (lam * batch.x[new] + (1 - lam) * partner.x, batch.y[new], partner.y)
+        return batch
+
+    def scores(
+        self,
+        features: torch.Tensor,
+        prototypes: torch.Tensor,
+        available: torch.Tensor,
+        train_last: bool = False,
+    ) -> torch.Tensor:
+        """``-bias(d)``, classes without a prototype out of the softmax."""
+        scores = -self.bias(squared_distances(features, prototypes), train_last)
+        return scores.masked_fill(~available, float("-inf"))
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        features = self.network.forward_features(batch.x).float()
+        old, n, y = self.num_old_classes, self.num_seen_classes, batch.y
+        counts = torch.bincount(y, minlength=n)
+        means = features.new_zeros(n, features.shape[1]).index_add(0, y, features)
+        means = means / counts.clamp_min(1)[:, None]
+        stored, known = self.class_means[:old], self.has_prototype[:old]
+        prototypes = torch.cat([stored, means[old:]])
+        available = torch.cat([known, counts[old:] > 0])
+        logits = self.scores(features, prototypes, available)
+        ncm = F.cross_entropy(logits, y)
+        loss, terms = ncm, {"ncm": ncm.detach()}
+        if "mix" in batch.extra:
+            x, y_a, y_b = batch.extra["mix"]
+            mixed = self.scores(self.network.forward_features(x).float(), prototypes, available)
+            lam = self.cfg.mix_lambda
+            mix = lam * F.cross_entropy(mixed, y_a) + (1 - lam) * F.cross_entropy(mixed, y_b)
+            loss, terms["mix"] = loss + self.cfg.mix_weight * mix, mix.detach()
+        if old:
+            present = (counts[:old] > 0) & known
+            pull = pull_loss(means[:old][present], stored[present])
+            push = push_loss(means[old:][counts[old:] > 0], stored[known], self.cfg.temperature)
+            t = len(self.bias.alphas) - 1
+            scale = (self.cfg.temperature**t, 1 / (t + 1)) if self.cfg.task_scaling else (1, 1)
+            loss = loss + self.cfg.pull_weight * scale[0] * pull
+            loss = loss + self.cfg.push_weight * scale[1] * push
+            terms |= {"pull": pull.detach(), "push": push.detach()}
+        return StepOutput(loss, terms, logits.detach())
+
+    @torch.no_grad()
+    def update_class_means(self, ctx: TaskContext) -> None:
+        """Prototypes: the means of each class's exemplar features with the current extractor."""
+        idx = self.memory.indices()
+        features = self.features_fn(ctx)(idx)
+        labels = ctx.train.targets[idx.to(ctx.train.device)]
+        n = self.num_seen_classes
+        counts = torch.bincount(labels, minlength=n)
+        sums = features.new_zeros(n, features.shape[1]).index_add_(0, labels, features)
+        self.class_means = sums / counts.clamp_min(1)[:, None]
+        self.has_prototype = counts > 0
+
+    def after_task(self, ctx: TaskContext) -> None:
+        """Memory and prototypes, then the bias stage's balanced set."""
+        super().after_task(ctx)
+        kept = self.memory.per_class
+        parts = [kept[c] for c in range(self.num_old_classes) if c in kept]
+        for c in ctx.info.new_classes:  # as many random samples as the class's memory quota
+            members, k = ctx.class_indices(c), len(kept.get(c, ()))
+            parts.append(members[torch.randperm(len(members), generator=ctx.generator)[:k]])
+        self.bias_indices = torch.cat(parts).to(self.bias_indices.device)
+
+    def stages(self, ctx: TaskContext, when: StageTime) -> list[TrainingStage]:
+        if when != "after_task" or not self.cfg.bias_epochs or not len(self.bias_indices):
+            return []
+        if not self.num_old_classes and not self.cfg.bias_first_task:
+            return []
+        network = self.network
+
+        def step(batch: Batch) -> StepOutput:
+            with torch.no_grad():
+                features = network.forward_features(batch.x).float()
+            logits = self.scores(features, self.class_means, self.has_prototype, train_last=True)
+            loss = F.cross_entropy(logits, batch.y)
+            return StepOutput(loss, {"bias": loss.detach()}, logits.detach())
+
+        return [
+            TrainingStage(
+                name="bias layer",
+                parameters=[self.bias.alphas[-1], self.bias.betas[-1]],
+                epochs=self.cfg.bias_epochs,
+                optim=OptimConfig(
+                    name="adam", lr=self.cfg.bias_lr, weight_decay=0.0, scheduler="constant"
+                ),
+                step=step,
+                indices=self.bias_indices.cpu(),
+                before_epoch=lambda epoch: network.eval(),
+            )
+        ]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``cnn``: bias-corrected nearest-prototype scores; ``nme``: before the bias layer."""
+        features = self.network.forward_features(x).float()
+        d = squared_distances(features, self.class_means)
+        unknown = ~self.has_prototype
+        return {
+            "cnn": (-self.bias(d)).masked_fill(unknown, float("-inf")),
+            "nme": (-d).masked_fill(unknown, float("-inf")),
+        }
