@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 CONFIG = "configs/lt/tinyimagenet100_lt100_cil_cpu.yaml"
-EPOCHS = 10
+EPOCHS = 5
 PROTO = [
     "learner.name=proto_ltcil",
     f"learner.bias_epochs={EPOCHS}",
