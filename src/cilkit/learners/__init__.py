@@ -17,6 +17,7 @@ from cilkit.learners import (  # noqa: F401  (registration)
     lwf,
     memo,
     mislas,
+    paco,
     podnet,
     proto_ltcil,
     replay,

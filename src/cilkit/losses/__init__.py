@@ -21,6 +21,7 @@ from cilkit.losses.long_tail import (
     LDAMLoss,
     LogitAdjustedLoss,
 )
+from cilkit.losses.paco import paco_loss
 
 __all__ = [
     "LOSSES",
@@ -37,5 +38,6 @@ __all__ = [
     "create_loss",
     "effective_number_weights",
     "kd_loss",
+    "paco_loss",
     "register_loss",
 ]
