@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--seeds", default="1993")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--extra", action="append", default=[], help="override for every run")
+    p.add_argument("--src", help="run the cilkit source tree at this src/ folder (seeds.py)")
     p.add_argument("--dry-run", action="store_true", help="print the seeds.py commands only")
     args = p.parse_args()
     names = args.variants.split(",") if args.variants else list(VARIANTS)
@@ -65,7 +66,7 @@ def main() -> None:
     for order in args.orders.split(","):
         cmd = [sys.executable, str(Path(__file__).with_name("seeds.py"))]
         cmd += ["--out", f"{args.out}/{order}", "--seeds", args.seeds, "--jobs", str(args.jobs)]
-        cmd += ["--metrics", METRICS]
+        cmd += ["--metrics", METRICS] + (["--src", args.src] if args.src else [])
         for name in names:
             parts = [CONFIG, f"data.root={args.data_root}", *VARIANTS[name], *ORDERS[order]]
             cmd += ["--variant", f"{name}=" + ",".join(parts + args.extra)]
