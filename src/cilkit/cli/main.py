@@ -1,4 +1,4 @@
-"""The ``cilkit`` command: run, tune, import-weights, list, show-config.
+"""The ``cilkit`` command: run, tune, import-weights, list, show-config, compare, report.
 
 Importing this module (and ``cilkit --help`` / ``--version``) does not import torch; each command
 imports what it needs.
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
               cilkit run -c X.yaml train.epochs=2 learner.kd_temperature=3 --out runs/try
               cilkit list learners
               cilkit show-config icarl
+              cilkit compare runs/                         # every run under runs/, as a table
+              cilkit report runs/a runs/b -o report.html   # the same, as one HTML file
             """
         ),
     )
@@ -162,6 +164,29 @@ def _parser() -> argparse.ArgumentParser:
         "(data, scenario, memory, optim, train, engine).",
     )
     show.add_argument("name")
+
+    compare = sub.add_parser(
+        "compare",
+        help="print a summary table of runs side by side, with each run's state",
+        description="Print one row per run: learner, state (finished, running, interrupted, "
+        "failed, empty), finished tasks, every classifier's average incremental accuracy, last "
+        "accuracy and forgetting, and for long-tailed runs many/medium/few, GM, HM and lowest "
+        "recall. RUN_DIR is a run directory or a folder of runs (all of them, newest first).",
+    )
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+
+    report = sub.add_parser(
+        "report",
+        help="write a comparison of runs as one self-contained HTML file",
+        description="Write the summary table, accuracy curves, accuracy matrices, forgetting "
+        "and (long-tailed runs) per-class accuracy of the runs, with each run's state and "
+        "config, as one HTML file with the plots embedded: it opens without network access, "
+        "for papers and CI artefacts. RUN_DIR is a run directory or a folder of runs.",
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("-o", "--out", required=True, metavar="REPORT.html", help="output file")
+    report.add_argument("--title", help="the report's title (default: the runs' names)")
+    report.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return p
 
 
@@ -352,6 +377,32 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cilkit.results.compare import load_runs, state_lines, summary_table
+
+    runs = load_runs(args.run_dirs)
+    print(summary_table(runs))
+    notes = state_lines(runs)
+    if notes:
+        print()
+        print("\n".join(notes))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cilkit.results.compare import load_runs, write_html_report
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise CilkitError(f"-o {out}: is a directory; give a file name such as report.html")
+    if out.exists() and not args.overwrite:
+        raise CilkitError(f"-o {out} already exists; pass --overwrite to replace it")
+    runs = load_runs(args.run_dirs)
+    write_html_report(runs, out, title=args.title)
+    print(f"wrote {out} ({len(runs)} run(s))")
+    return 0
+
+
 class _PipeSafe:
     """A text stream that stops writing, silently, once its reader has gone (``| head``).
 
@@ -417,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         "import-weights": _cmd_import_weights,
         "list": _cmd_list,
         "show-config": _cmd_show_config,
+        "compare": _cmd_compare,
+        "report": _cmd_report,
     }
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)

@@ -8,6 +8,7 @@ The parts a newcomer looks for live beside it: building a run (``build.py``), th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -33,6 +34,7 @@ from cilkit.engine.runtime import autocast_dtype
 from cilkit.engine.state import RunState
 from cilkit.errors import RunInterrupted, TrainingError
 from cilkit.results.run_dir import RunDirectory, summarize
+from cilkit.results.status import one_line, write_end, write_running
 
 __all__ = ["RunInterrupted", "Trainer", "TrainingError", "config_fingerprint"]
 
@@ -110,12 +112,28 @@ class Trainer:
             self.run.path.mkdir(parents=True, exist_ok=True)
             if not resume or not self.run.config_path.exists():
                 self.run.write_config(dump_config(cfg))
+            started = write_running(self.run.path)["started"]  # status.json: how the run ends
         self.logger = RunLogger(self.run.path, cfg.engine.tensorboard, enabled=dist.rank == 0)
         try:
             with capture_records(self._on_log_record), InterruptHandler() as interrupt:
-                return self._fit(dist, interrupt, resume, stop_after_task)
+                summary = self._fit(dist, interrupt, resume, stop_after_task)
+        except BaseException as err:
+            if dist.rank == 0:
+                stopped = isinstance(err, (RunInterrupted, KeyboardInterrupt))
+                with contextlib.suppress(OSError):  # never hide the error itself
+                    write_end(
+                        self.run.path,
+                        "interrupted" if stopped else "failed",
+                        one_line(err),
+                        started,
+                    )
+            raise
         finally:
             self.logger.close()
+        if dist.rank == 0:
+            stopped = f"stopped after task {stop_after_task}" if summary is None else None
+            write_end(self.run.path, "interrupted" if stopped else "finished", stopped, started)
+        return summary
 
     def _fit(
         self,

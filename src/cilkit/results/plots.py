@@ -50,12 +50,18 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _png_bytes(fig: Figure) -> bytes:
+    """``fig`` rendered as PNG bytes in memory."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI)
+    return buffer.getvalue()
+
+
 def _save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically, with the usual ``0666 & ~umask`` mode."""
     target = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)  # render first: a failure writes nothing
-    atomic_write_bytes(target, buffer.getvalue())
+    data = _png_bytes(fig)  # render first: a failure writes nothing
+    atomic_write_bytes(target, data)
     return target
 
 
@@ -254,6 +260,26 @@ def _accuracy_matrix_figure(
     title: str | None = None,
 ) -> Figure:
     """The figure of :func:`plot_accuracy_matrix` (same arguments, no file)."""
+    grid = _matrix_grid(matrix)
+    num_rows, num_cols = grid.shape
+    cell = _matrix_cell_inches(num_rows, num_cols)
+    # room for the labels and colour bar (2.5 x 1.5 in); at least 6 x 4 in so a title fits
+    width = min(_MAX_FIGURE_SIDE, max(6.0, cell * num_cols + 2.5))
+    height = min(_MAX_FIGURE_SIDE, max(4.0, cell * num_rows + 1.5))
+    cell = min(cell, (width - 2.5) / num_cols, (height - 1.5) / num_rows)  # after the size caps
+    fig = _new_figure(width, height)
+    ax = fig.add_subplot()
+    image = _draw_matrix(ax, grid, cell)
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.9)
+    colorbar.set_label("Accuracy (%)")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _matrix_grid(matrix: Sequence[Sequence[float | None]] | Any) -> Any:
+    """An accuracy matrix (nested lists, possibly ragged, an array or a tensor) as a float
+    array with ``NaN`` for missing cells."""
     import numpy as np
 
     if hasattr(matrix, "detach"):  # torch tensor
@@ -265,20 +291,23 @@ def _accuracy_matrix_figure(
     grid = np.full((num_rows, num_cols), np.nan)
     for t, row in enumerate(rows):
         grid[t, : len(row)] = row
-    values = np.ma.masked_invalid(grid)
+    return grid
 
+
+def _matrix_cell_inches(num_rows: int, num_cols: int) -> float:
+    """The side of a heat-map cell before any figure-size cap."""
     side = max(num_rows, num_cols)
-    cell = 0.55 if side <= 20 else max(0.22, 11.0 / side)
-    # room for the labels and colour bar (2.5 x 1.5 in); at least 6 x 4 in so a title fits
-    width = min(_MAX_FIGURE_SIDE, max(6.0, cell * num_cols + 2.5))
-    height = min(_MAX_FIGURE_SIDE, max(4.0, cell * num_rows + 1.5))
-    cell = min(cell, (width - 2.5) / num_cols, (height - 1.5) / num_rows)  # after the size caps
-    fig = _new_figure(width, height)
-    ax = fig.add_subplot()
-    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=100.0, aspect="equal")
-    colorbar = fig.colorbar(image, ax=ax, shrink=0.9)
-    colorbar.set_label("Accuracy (%)")
+    return 0.55 if side <= 20 else max(0.22, 11.0 / side)
 
+
+def _draw_matrix(ax: Axes, grid: Any, cell: float) -> Any:
+    """Draw ``grid`` (from :func:`_matrix_grid`) on ``ax`` as a 0-100 heat map with each value
+    written in its cell when ``cell`` inches leave room; returns the image (for a colour bar)."""
+    import numpy as np
+
+    num_rows, num_cols = grid.shape
+    values = np.ma.masked_invalid(grid)
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=100.0, aspect="equal")
     fmt, fontsize = _matrix_cell_format(cell)
     if fmt is not None:
         for t in range(num_rows):
@@ -295,9 +324,7 @@ def _accuracy_matrix_figure(
     ax.set_xticks(range(0, num_cols, _nice_step(num_cols)))
     ax.set_ylabel("Trained up to task")
     ax.set_xlabel("Evaluated on task")
-    if title:
-        ax.set_title(title)
-    return fig
+    return image
 
 
 def plot_accuracy_matrix(
