@@ -9,7 +9,9 @@ from test_contract import tiny
 from test_lucir_der_bic import _after_task, _batch, _next_task
 
 from cilkit.backbones import Frozen
+from cilkit.config import build_config
 from cilkit.engine.trainer import Trainer
+from cilkit.errors import ConfigError
 from cilkit.learners.foster import balanced_kd
 from cilkit.losses import kd_loss
 
@@ -86,3 +88,18 @@ def test_foster_ends_every_task_with_one_extractor(tmp_path):
     fresh = Trainer(cfg, tmp_path / "other", log=None).setup().learner
     fresh.load_state_dict(state)
     assert len(fresh.network.branches) == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learner.beta1=1.0", "must be in [0, 1)"),
+        ("learner.beta2=-0.1", "must be in [0, 1)"),
+        ("learner.compression_epochs=0", "must be >= 1"),
+        ("learner.compression_lr=0", "must be > 0"),
+    ],
+)
+def test_impossible_options_are_refused_in_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        build_config({"learner": {"name": "foster"}}, [override])
+    assert str(err.value) == f"command line: {override}: {message}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_lucir_der_bic import _after_task, _batch, _next_task
 
 from cilkit.backbones import Frozen
+from cilkit.config import build_config
+from cilkit.engine.build import build_run
+from cilkit.errors import ConfigError
 
 
 def test_memo_shares_frozen_generalised_blocks_and_adds_a_specialised_block(tmp_path):
@@ -53,3 +57,19 @@ def test_memo_checkpoint_rebuilds_the_frozen_trunk_and_branches(tmp_path):
     fresh = Trainer(cfg, tmp_path, log=None).setup().learner
     fresh.load_state_dict(load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["learner"])
     assert isinstance(fresh.network.trunk, Frozen) and len(fresh.network.branches) == 2
+
+
+@pytest.mark.parametrize("shared", [3, 5, -3, -5])
+def test_a_split_outside_the_backbone_is_refused_in_one_line(shared):
+    """ResNet-32 has 3 stages: 1, 2, -1 and -2 leave a trunk and a specialised part; nothing
+    else does (-5 used to wrap around to 1)."""
+    cfg = build_config(
+        {
+            "data": {"name": "digits"},
+            "backbone": {"name": "resnet32"},
+            "learner": {"name": "memo", "shared_stages": shared},
+            "memory": {"memory_size": 40},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^learner\.shared_stages: .* 3 stages: use 1 to 2"):
+        build_run(cfg)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from cilkit.backbones.network import BranchedNet, split_backbone
 from cilkit.config.schema import FieldError
 from cilkit.contract import TaskContext
+from cilkit.errors import ConfigError
 from cilkit.learners.base import register_learner
 from cilkit.learners.der import DER, DERConfig
 
@@ -50,7 +51,13 @@ class MEMO(DER):
     @staticmethod
     def branched_network(cfg, network, build_backbone) -> BranchedNet:
         stages = len(network.backbone.stages)
-        at = cfg.shared_stages % stages if cfg.shared_stages < 0 else cfg.shared_stages
+        at = stages + cfg.shared_stages if cfg.shared_stages < 0 else cfg.shared_stages
+        if not 0 < at < stages:
+            raise ConfigError(
+                f"learner.shared_stages: {cfg.shared_stages} leaves no stage to share or none to "
+                f"specialise in a backbone of {stages} stages: use 1 to {stages - 1} or "
+                f"-1 to -{stages - 1}"
+            )
         trunk, first = split_backbone(network.backbone, at)
         return BranchedNet(
             first, network.head, lambda: split_backbone(build_backbone(), at)[1], trunk
