@@ -159,6 +159,30 @@ def test_sample_mix_pairs_new_images_with_exemplars_labelled_with_both_classes(p
     assert "mix" not in learner.transform_batch(fresh, torch.Generator()).extra
 
 
+def test_sample_mix_trains_on_a_batch_with_a_single_new_image(tmp_path):
+    """The mixed images share the batch's forward pass: one new image in a batch (common on a
+    process of a torchrun job) must not reach BatchNorm alone, which refuses a batch of one."""
+    parts = Trainer(tiny("proto_ltcil"), tmp_path, log=None).setup()  # a real network
+    learner = parts.learner
+    learner.cfg = dataclasses.replace(learner.cfg, mix=True)
+    learner.num_old_classes, learner.num_seen_classes = 4, 7
+    train = parts.train
+    learner.memory.per_class = {c: train.indices_of([c])[:5] for c in range(4)}
+    learner._split = train
+    learner.bias = ClassBias()
+    learner.bias.add_task(4)
+    learner.bias.add_task(3)
+    learner.class_means = torch.randn(7, learner.network.feature_dim)
+    learner.has_prototype = torch.ones(7, dtype=torch.bool)
+    idx = torch.cat([train.indices_of([1, 2])[:7], train.indices_of([5])[:1]])
+    batch = next(train.train_batches(idx, len(idx), torch.Generator().manual_seed(1)))
+    batch = learner.transform_batch(batch, torch.Generator().manual_seed(0))
+    assert len(batch.extra["mix"][0]) == 1
+    learner.train()
+    out = learner.training_step(batch)
+    assert torch.isfinite(out.loss) and "mix" in out.terms
+
+
 def test_the_bias_stage_trains_the_last_pair_and_the_first_task_only_if_asked(parts):
     learner = parts.learner
     learner.bias = ClassBias()

@@ -210,7 +210,12 @@ class ProtoLTCIL(Learner):
         return scores.masked_fill(~available, float("-inf"))
 
     def training_step(self, batch: Batch) -> StepOutput:
-        features = self.network.forward_features(batch.x).float()
+        mix = batch.extra.get("mix")
+        # the mixed images go through the same forward pass as the batch: one pass, and
+        # BatchNorm never sees a batch of one mixed image alone
+        x = batch.x if mix is None else torch.cat([batch.x, mix[0]])
+        features = self.network.forward_features(x).float()
+        features, mixed_features = features[: len(batch.x)], features[len(batch.x) :]
         old, n, y = self.num_old_classes, self.num_seen_classes, batch.y
         counts = torch.bincount(y, minlength=n)
         means = features.new_zeros(n, features.shape[1]).index_add(0, y, features)
@@ -221,9 +226,9 @@ class ProtoLTCIL(Learner):
         logits = self.scores(features, prototypes, available)
         ncm = F.cross_entropy(logits, y)
         loss, terms = ncm, {"ncm": ncm.detach()}
-        if "mix" in batch.extra:
-            x, y_a, y_b = batch.extra["mix"]
-            mixed = self.scores(self.network.forward_features(x).float(), prototypes, available)
+        if mix is not None:
+            _, y_a, y_b = mix
+            mixed = self.scores(mixed_features, prototypes, available)
             lam = self.cfg.mix_lambda
             mix = lam * F.cross_entropy(mixed, y_a) + (1 - lam) * F.cross_entropy(mixed, y_b)
             loss, terms["mix"] = loss + self.cfg.mix_weight * mix, mix.detach()
