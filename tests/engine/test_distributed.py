@@ -127,6 +127,7 @@ def _learner_args(name: str) -> list[str]:
 
 
 COVERED = {
+    "icarl": "test_two_gloo_processes_match_one",  # a teacher: the two match tests run it
     "finetune": "icarl",  # main training only, or with a teacher: icarl's path
     "replay": "icarl",
     "joint": "icarl",
@@ -134,13 +135,20 @@ COVERED = {
     "lwf": "icarl",
     "il2m": "icarl",
     "lucir": "icarl",
+    "ewc": "icarl",  # a penalty from state computed after the task on every process alike
     "eeil": "foster",  # a stage with its own saved model
-    "gdumb": "podnet",  # a stage after after_task on the memory's indices
+    "mislas": "foster",  # a stage whose saved state holds modules synchronised after it
+    "gdumb": "bic",  # a stage on its own indices
+    "podnet": "bic",
+    "ride": "bic",  # a stage training only some parameters (the router)
     "memo": "der",  # a branched network
 }
-"""Learners whose distributed path another learner of the default run already takes: two
-torchrun launches per learner cost about half a minute each, so these run with ``-m slow``. A
-learner not named here (every new one) runs by default."""
+"""Learners whose distributed path another test of the default run already takes: two
+torchrun launches per learner cost about 35 s on two cores, and the default suite must stay
+near ten minutes, so these run with ``-m slow``. A learner not named here (every new one) runs
+by default; so do the learners with their own path: der, bic, derpp (a buffer filled during
+training), foster, paco (an EMA encoder and a queue), proto_ltcil (mixing in
+``transform_batch`` and a stage)."""
 
 
 def _learner_names() -> list:
