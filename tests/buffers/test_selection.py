@@ -227,3 +227,40 @@ def test_nme_logits_picks_nearest_mean() -> None:
         assert scores[i].argmax().item() == min(range(4), key=dists.__getitem__)
         torch.testing.assert_close(-scores[i], torch.tensor(dists), rtol=1e-4, atol=1e-4)
     assert (scores.argmax(dim=1) == labels).float().mean() > 0.95
+
+
+def _class_means_before_the_flag(features, labels, num_classes, flipped=None):
+    """The shared function as it was before ``normalise`` existed (for bit-exact comparison)."""
+    phi = torch.nn.functional.normalize(features.float(), dim=1)
+    if flipped is not None:
+        phi = torch.cat([phi, torch.nn.functional.normalize(flipped.float(), dim=1)])
+        labels = torch.cat([labels, labels])
+    sums = phi.new_zeros(num_classes, phi.shape[1]).index_add_(0, labels, phi)
+    counts = torch.bincount(labels, minlength=num_classes)[:num_classes].clamp_min(1)
+    return torch.nn.functional.normalize(sums / counts.unsqueeze(1).float(), dim=1)
+
+
+@pytest.mark.parametrize("with_flip", [False, True])
+def test_class_means_default_is_unchanged_by_the_normalise_flag(with_flip: bool) -> None:
+    g = torch.Generator().manual_seed(7)
+    features, labels = torch.randn(40, 6, generator=g), torch.randint(0, 4, (40,), generator=g)
+    flipped = torch.randn(40, 6, generator=g) if with_flip else None
+    before = _class_means_before_the_flag(features, labels, 5, flipped)
+    assert torch.equal(class_means(features, labels, 5, flipped), before)
+    assert torch.equal(class_means(features, labels, 5, flipped, normalise=True), before)
+
+
+def test_class_means_without_normalising_are_plain_per_class_means() -> None:
+    features = torch.tensor([[1.0, 2.0], [3.0, 6.0], [-4.0, 0.5], [10.0, -2.0], [2.0, 2.0]])
+    labels = torch.tensor([0, 0, 2, 2, 2])
+    means = class_means(features, labels, 4, normalise=False)
+    hand = torch.tensor([[2.0, 4.0], [0.0, 0.0], [8.0 / 3, 0.5 / 3], [0.0, 0.0]])
+    torch.testing.assert_close(means, hand)  # classes 1 and 3 have no samples: zero rows
+    flipped = -features
+    both = class_means(features, labels, 4, flipped, normalise=False)
+    assert torch.equal(both, torch.zeros(4, 2))  # each class's mean over both sets
+    g = torch.Generator().manual_seed(8)  # and per class, exactly what the engine did before
+    features, labels = torch.randn(50, 5, generator=g) * 3, torch.randint(0, 6, (50,), generator=g)
+    sums = features.new_zeros(6, 5).index_add_(0, labels, features)
+    before = sums / torch.bincount(labels, minlength=6).clamp_min(1)[:, None]
+    assert torch.equal(class_means(features, labels, 6, normalise=False), before)

@@ -249,3 +249,35 @@ def test_prototypes_bias_set_and_the_bias_stage_training_only_the_current_pair(
     for c in range(4):
         kept = learner.bias_indices.cpu()[bias_labels == c]
         assert torch.equal(kept, learner.memory.per_class[c])
+
+
+def test_masked_pull_and_push_equal_the_selected_rows_reference():
+    """The fixed-shape (sync-free) terms give the numbers of selecting the rows first."""
+    g = torch.Generator().manual_seed(3)
+    means, stored = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    new = torch.randn(4, 3, generator=g)
+    present = torch.tensor([True, False, True, True, False])
+    new_present = torch.tensor([False, True, True, False])
+    ref_pull = (means[present] - stored[present]).pow(2).sum(1).mean()
+    assert pull_loss(means, stored, present).item() == pytest.approx(ref_pull.item(), rel=1e-6)
+    d = ((new[new_present][:, None] - stored[present][None]) ** 2).sum(-1)
+    ref_push = torch.rsqrt(1 + d / 2.0).sum(1).mean()
+    push = push_loss(new, stored, 2.0, new_present, present)
+    assert push.item() == pytest.approx(ref_push.item(), rel=1e-6)
+    none = torch.zeros(5, dtype=torch.bool)  # nothing selected: zero, not NaN
+    assert pull_loss(means, stored, none).item() == 0.0
+    assert push_loss(new, stored, 2.0, new_present, none).item() == 0.0
+    assert push_loss(new, stored, 2.0, torch.zeros(4, dtype=torch.bool), present).item() == 0.0
+
+
+def test_training_step_without_old_prototypes_in_the_batch(parts):
+    """Old classes absent from the batch: pull is zero; push counts only present new classes."""
+    learner = _hand_made(parts.learner, mix=False, task_scaling=False)
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([2, 2, 3])
+    out = learner.training_step(Batch(x, y, torch.arange(3)))
+    assert out.terms["pull"].item() == 0.0
+    old = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+    new = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    ref = torch.rsqrt(1 + ((new[:, None] - old[None]) ** 2).sum(-1) / 2.0).sum(1).mean()
+    assert out.terms["push"].item() == pytest.approx(ref.item(), rel=1e-6)

@@ -17,7 +17,7 @@ from cilkit.config import build_config
 from cilkit.config.schema import BackboneConfig
 from cilkit.engine.trainer import Trainer
 from cilkit.errors import ConfigError
-from cilkit.learners.ride import diversity_kl
+from cilkit.losses import diversity_kl
 
 
 def _resnet32_experts(num_experts: int, reduce: bool) -> ExpertNet:
@@ -125,8 +125,9 @@ def test_the_router_decides_how_many_experts_a_sample_consults(tmp_path):
     for bias, used, expected in [(-1e4, 1.0, logits[0]), (1e4, 3.0, logits.mean(0))]:
         learner.router.score.bias.data.fill_(bias)
         learner.reset_evaluation_stats()
-        scores = learner.predict(batch.x)["cnn"]
-        assert torch.allclose(scores, expected, atol=1e-4)
+        out = learner.predict(batch.x)
+        assert torch.allclose(out["cnn"], expected, atol=1e-4)
+        assert torch.allclose(out["all_experts"], logits.mean(0), atol=1e-4)  # no routing
         assert learner.evaluation_stats() == {"experts_per_sample": pytest.approx(used)}
 
 
@@ -140,6 +141,8 @@ def test_experts_per_sample_reaches_the_record_table_and_summary(tmp_path):
     assert all(1.0 <= u <= 3.0 for u in used)
     assert summary["evaluation_stats"] == {"experts_per_sample": used[-1]}
     assert summary["evaluation_stats_per_task"] == {"experts_per_sample": used}
+    assert summary["classifiers"][:2] == ["cnn", "all_experts"]
+    assert summary["all_experts_avg_incremental_accuracy"] is not None
     assert json.loads((tmp_path / "summary.json").read_text())["evaluation_stats"]
     text = log.getvalue()
     header = next(line for line in text.splitlines() if line.startswith("task classes"))
@@ -150,7 +153,7 @@ def test_without_router_every_sample_consults_every_expert(tmp_path):
     parts, _, batch = _ready(tmp_path, "learner.num_experts=2")
     learner = parts.learner.eval()
     learner.reset_evaluation_stats()
-    learner.predict(batch.x)
+    assert "all_experts" not in learner.predict(batch.x)  # the mean of all is already cnn
     assert learner.evaluation_stats() == {"experts_per_sample": 2.0}
     learner.reset_evaluation_stats()
     assert learner.evaluation_stats() == {}

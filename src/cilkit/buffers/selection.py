@@ -226,8 +226,11 @@ def class_means(
     labels: torch.Tensor,
     num_classes: int,
     flipped_features: torch.Tensor | None = None,
+    *,
+    normalise: bool = True,
 ) -> torch.Tensor:
-    """L2-normalised mean of the L2-normalised features of each class (iCaRL's exemplar means).
+    """L2-normalised mean of the L2-normalised features of each class (iCaRL's exemplar means),
+    or with ``normalise=False`` the plain mean of the raw features (prototypical networks).
 
     Args:
         features: ``(n, d)`` features.
@@ -235,25 +238,28 @@ def class_means(
         num_classes: number of rows of the result.
         flipped_features: optional ``(n, d)`` features of the horizontally flipped images; the
             mean is then over both sets (as iCaRL's nearest-mean-of-exemplars does).
+        normalise: L2-normalise the features and the means (iCaRL); False averages the raw
+            features and leaves the means as they are.
 
     Returns:
-        ``(num_classes, d)`` unit-norm class means (float32 or wider); zero rows for classes
-        without samples.
+        ``(num_classes, d)`` class means (float32 or wider), unit-norm when ``normalise``; zero
+        rows for classes without samples.
     """
     if features.ndim != 2 or labels.shape != features.shape[:1]:
         raise ValueError("features must be (n, d) and labels (n,)")
     dtype = torch.promote_types(features.dtype, torch.float32)
-    phi = F.normalize(features.detach().to(dtype), dim=1)
+    norm = F.normalize if normalise else (lambda t, dim: t)
+    phi = norm(features.detach().to(dtype), dim=1)
     labels = labels.to(phi.device, torch.long)
     if flipped_features is not None:
         if flipped_features.shape != features.shape:
             raise ValueError("flipped_features must have the shape of features")
-        flipped = F.normalize(flipped_features.detach().to(phi.device, dtype), dim=1)
+        flipped = norm(flipped_features.detach().to(phi.device, dtype), dim=1)
         phi = torch.cat([phi, flipped])
         labels = torch.cat([labels, labels])
     sums = phi.new_zeros(num_classes, phi.shape[1]).index_add_(0, labels, phi)
     counts = torch.bincount(labels, minlength=num_classes)[:num_classes].clamp_min(1)
-    return F.normalize(sums / counts.unsqueeze(1).to(dtype), dim=1)
+    return norm(sums / counts.unsqueeze(1).to(dtype), dim=1)
 
 
 def nme_logits(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:

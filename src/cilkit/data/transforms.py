@@ -1,13 +1,15 @@
 """Batched tensor augmentation that runs on the training device.
 
-A batch arrives as uint8 ``(B, C, H, W)``; random crop with zero padding, horizontal flip and
-brightness jitter are drawn per image with one generator and applied as whole-batch tensor ops,
+A batch arrives as uint8 ``(B, C, H, W)``; random crop with zero padding (or a random-resized
+crop, the ImageNet one), horizontal flip and brightness jitter are drawn per image with one
+generator and applied as whole-batch tensor ops,
 then the batch is normalised to float (``channels_last`` when asked). Presets hold per-dataset
 defaults; ``register_preset`` adds a new one.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,11 +26,27 @@ class AugmentPreset:
         crop_padding: zero padding before a random crop back to the input size (0 = no crop).
         flip: random horizontal flip with probability 0.5.
         brightness: multiply by a factor drawn from ``[1 - b, 1 + b]`` (PyCIL's CIFAR jitter).
+        resized_crop: a random-resized crop (torchvision's ``RandomResizedCrop``, the standard
+            ImageNet training crop) resampled bilinearly to the input size; replaces the padded
+            crop.
+        crop_scale: range of the crop's area as a share of the image's.
+        crop_ratio: range of the crop's aspect ratio (width / height), drawn log-uniformly.
     """
 
     crop_padding: int = 0
     flip: bool = False
     brightness: float = 0.0
+    resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
 
 
 PRESETS: dict[str, AugmentPreset] = {
@@ -37,7 +55,9 @@ PRESETS: dict[str, AugmentPreset] = {
     "mnist": AugmentPreset(crop_padding=2),
     "cifar": AugmentPreset(crop_padding=4, flip=True, brightness=63 / 255),
     "tiny_imagenet": AugmentPreset(crop_padding=4, flip=True),
-    "imagenet": AugmentPreset(crop_padding=16, flip=True),
+    # image folders are decoded at S (shorter side S * 256 / 224, centre S x S crop); the
+    # random-resized crop is taken within that square (torchvision: within the whole image)
+    "imagenet": AugmentPreset(flip=True, resized_crop=True),
 }
 
 
@@ -57,8 +77,8 @@ def resolve_preset(dataset_preset: str, cfg: AugmentConfig) -> AugmentPreset:
             f"known: {', '.join(sorted(PRESETS))}"
         )
     preset = PRESETS[name]
-    if cfg.crop_padding is not None:
-        preset = replace(preset, crop_padding=cfg.crop_padding)
+    if cfg.crop_padding is not None:  # an explicit padded crop replaces a resized one
+        preset = replace(preset, crop_padding=cfg.crop_padding, resized_crop=False)
     if cfg.flip is not None:
         preset = replace(preset, flip=cfg.flip)
     return preset
@@ -100,7 +120,9 @@ class BatchTransform:
     def train(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Augment and normalise a uint8 training batch."""
         p = self.preset
-        if p.crop_padding > 0:
+        if p.resized_crop:
+            x = random_resized_crop(x, p.crop_scale, p.crop_ratio, generator)
+        elif p.crop_padding > 0:
             x = random_crop(x, p.crop_padding, generator)
         if p.flip:
             x = random_flip(x, generator)
@@ -135,3 +157,65 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     """Flip each image horizontally with probability 0.5."""
     mask = torch.rand(len(x), device=x.device, generator=generator) < 0.5
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def random_resized_boxes(
+    b: int,
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None,
+    device: torch.device | str = "cpu",
+    attempts: int = 10,
+) -> torch.Tensor:
+    """``(b, 4)`` float boxes ``(top, left, height, width)`` of torchvision's ``RandomResizedCrop``.
+
+    Per image, up to ``attempts`` (area share, log aspect ratio) pairs are drawn uniformly from
+    ``scale`` and ``log(ratio)``; the first whose rounded box fits the image is kept and placed
+    uniformly at random; an image with none gets the centre crop of the largest box whose aspect
+    ratio is clamped into ``ratio`` (torchvision's fallback). All draws are made for the whole
+    batch at once (a fixed number per image), so nothing is read back from the device.
+    """
+    area = torch.empty(b, attempts, device=device).uniform_(*scale, generator=generator) * (h * w)
+    log_r = torch.empty(b, attempts, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
+    r = torch.exp(log_r)
+    cw, ch = torch.sqrt(area * r).round(), torch.sqrt(area / r).round()
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = torch.where(fits.any(1), fits.int().argmax(1), 0)[:, None]
+    cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
+    u = torch.rand(b, 2, device=device, generator=generator)  # uniform integer offsets
+    top = torch.floor(u[:, 0] * (h - ch + 1)).clamp(max=h - ch)
+    left = torch.floor(u[:, 1] * (w - cw + 1)).clamp(max=w - cw)
+    if w / h < ratio[0]:  # the fallback: the centre crop at the clamped aspect ratio
+        fw, fh = w, round(w / ratio[0])
+    elif w / h > ratio[1]:
+        fw, fh = round(h * ratio[1]), h
+    else:
+        fw, fh = w, h
+    ok = fits.any(1)
+    box = torch.stack([top, left, ch, cw], 1)
+    fallback = torch.tensor([(h - fh) // 2, (w - fw) // 2, fh, fw], dtype=box.dtype, device=device)
+    return torch.where(ok[:, None], box, fallback)
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """A random-resized crop of each image (:func:`random_resized_boxes`), resampled bilinearly
+    back to the input size with one batched ``grid_sample``; returns floats in ``0..255``."""
+    b, _, h, w = x.shape
+    top, left, ch, cw = random_resized_boxes(b, h, w, scale, ratio, generator, x.device).unbind(1)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+    grid = torch.nn.functional.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    out = torch.nn.functional.grid_sample(
+        x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out

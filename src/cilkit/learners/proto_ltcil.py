@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cilkit.buffers.selection import class_means
 from cilkit.config.schema import FieldError, LearnerConfig, OptimConfig
 from cilkit.contract import Batch, StageTime, StepOutput, TaskContext, TrainingStage
 from cilkit.learners.base import Learner, register_learner
@@ -60,19 +61,35 @@ def squared_distances(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor
     return (x.float()[:, None] - prototypes.float()[None]).pow(2).sum(-1)
 
 
-def pull_loss(recomputed: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance of each old prototype recomputed now to its stored position."""
-    if not len(recomputed):
-        return recomputed.new_zeros(())
-    return (recomputed - stored).pow(2).sum(1).mean()
+def _all(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones(len(x), dtype=torch.bool, device=x.device)
 
 
-def push_loss(new: torch.Tensor, old: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``mean_new sum_old 1 / sqrt(1 + d^2 / T)``: grows, up to 1 a pair, as a new prototype
-    nears an old one (the seed's ``rsqrt(d^2 / T)`` made bounded at d = 0)."""
-    if not len(new) or not len(old):
-        return new.new_zeros(())
-    return torch.rsqrt(1 + squared_distances(new, old) / temperature).sum(1).mean()
+def pull_loss(
+    recomputed: torch.Tensor, stored: torch.Tensor, present: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared distance of each old prototype recomputed now to its stored position, over
+    the rows ``present`` marks (all when None); zero when none is. Fixed shapes: no host sync."""
+    present = _all(recomputed) if present is None else present
+    d = torch.where(present, (recomputed - stored).pow(2).sum(1), 0.0)
+    return d.sum() / present.sum().clamp_min(1)
+
+
+def push_loss(
+    new: torch.Tensor,
+    old: torch.Tensor,
+    temperature: float,
+    new_present: torch.Tensor | None = None,
+    old_present: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``mean_new sum_old 1 / sqrt(1 + d^2 / T)`` over the marked rows (all when None; zero
+    when none): grows, up to 1 a pair, as a new prototype nears an old one (the seed's
+    ``rsqrt(d^2 / T)`` made bounded at d = 0). Fixed shapes: no host sync."""
+    new_present = _all(new) if new_present is None else new_present
+    old_present = _all(old) if old_present is None else old_present
+    r = torch.rsqrt(1 + squared_distances(new, old) / temperature)
+    r = torch.where(new_present[:, None] & old_present[None], r, 0.0)
+    return r.sum() / new_present.sum().clamp_min(1)
 
 
 class ClassBias(nn.Module):
@@ -107,57 +124,30 @@ class ProtoLTCIL(Learner):
 
     Nearest-prototype classification on squared Euclidean distances ``d`` to class prototypes
     (class means of the un-normalised features, as in prototypical networks, Snell et al. 2017),
-    trained with the seed's ``NCM`` loss: cross-entropy of ``softmax(-bias(d))``. The prototypes
-    of the old classes are the stored means of their exemplars' features (``class_means``, eval
-    mode, refreshed with the current extractor at each task's end, as the seed does); the new
-    classes' prototypes are the means of the batch's features of each class (with gradients),
-    and a new class absent from the batch is left out of the softmax (the seed puts it at
-    distance 10000). The seed caps a class's batch support at 5 samples; all are used here.
+    trained with the seed's ``NCM`` loss: cross-entropy of ``softmax(-bias(d))``. Old classes'
+    prototypes are the stored means of their exemplars' features (eval mode, refreshed at each
+    task's end, as the seed does); new classes' are the means of the batch's features of each
+    class (with gradients), a new class absent from the batch left out of the softmax.
 
-    - Bias layer ("re-measure", after BiC): per-class ``alpha * d + beta``, a pair of vectors per
-      task, identity when added. After each task (``after_task``), a stage of ``bias_epochs``
-      trains only the task's pair (Adam, ``bias_lr``) with the extractor frozen, on a balanced
-      set: the old classes' exemplars plus, per new class, as many random samples as its memory
-      quota (drawn at ``after_task`` with the task's generator); the first task's pair too, as
-      the seed does, unless ``bias_first_task`` is false (BiC's). The seed trains on the whole
-      imbalanced task data and doubles its lr every 10 epochs (StepLR gamma 2), which cilkit's
-      schedules (gamma <= 1) do not express: the lr is constant here.
-    - Sample mix: each current-task image of a batch is mixed with a random exemplar
-      (``lambda x_new + (1 - lambda) x_old``, drawn with the engine's generator) and the loss is
-      ``mix_weight * (lambda NCM(y_new) + (1 - lambda) NCM(y_old))``. The seed mixes the first
-      1/16 of the batch with a random slice of the memory, every pair.
-    - Prototype distance distillation: ``pull`` is the mean squared distance between each old
-      class's prototype recomputed from its exemplars in the batch and its stored position
-      (zero when it has not moved); ``push`` is :func:`push_loss` from the batch's new prototypes
-      to the stored old ones. The seed recomputes them on the whole memory at every step; its
-      pull is a softmax over distances, which is never zero, and its push ``rsqrt(d^2 / T)`` is
-      unbounded (clamped at 1e-4); its extra "center" and prototype-spread terms (``--centerR``)
-      are not described by the thesis README and are left out. With ``task_scaling`` the weights
-      follow the seed: ``pull_weight * T**t`` and ``push_weight / (t + 1)`` in task ``t``.
+    - Bias layer ("re-measure", after BiC): per-class ``alpha * d + beta``, a pair of vectors
+      per task; after each task a stage of ``bias_epochs`` trains only that task's pair (Adam,
+      ``bias_lr``, extractor frozen) on a balanced set (old exemplars plus, per new class, as
+      many random samples as its memory quota), the first task's too unless
+      ``bias_first_task`` is false.
+    - Sample mix: each current-task image is mixed with a random exemplar, loss
+      ``mix_weight * (lambda NCM(y_new) + (1 - lambda) NCM(y_old))``.
+    - Prototype distance distillation: ``pull`` (:func:`pull_loss`, old prototypes recomputed
+      from the batch's exemplars vs stored) and ``push`` (:func:`push_loss`, new vs old), with
+      the seed's task schedule ``pull_weight * T**t``, ``push_weight / (t + 1)``.
 
-    ``predict`` gives ``cnn``: ``-bias(d)``, the method's classifier (it gets the record's
-    long-tail metrics), and ``nme``: ``-d`` before the bias layer. The linear head of the
-    network is never trained. Seed options and their cilkit keys (the README's command:
-    ``--stage=5 -nep=55 --batch_size=256 --lossF=NCM --pushR=0.0001 --pullR=0.001
-    --Bias_epoch=0 --mix``; the defaults follow it except ``bias_epochs``, the seed's parser
-    default 30, since 0 switches the bias layer off):
-
-    ============================  ==========================================================
-    seed                          cilkit
-    ============================  ==========================================================
-    ``--stage``                   ``scenario.initial_increment`` / ``scenario.increment``
-    ``-nep`` (``--epochs``)       ``train.epochs`` (the seed trains ``nep - 2 t`` in task t)
-    ``--batch_size``              ``train.batch_size``
-    ``-lr`` (Adam), ``-lrS/-lrG`` ``optim.name: adam``, ``optim.lr``, ``milestones``/``gamma``
-    ``--lossF NCM``               always (the other choice is not offered)
-    ``--pushR`` / ``--pullR``     ``learner.push_weight`` / ``learner.pull_weight``
-    ``--Bias_epoch``              ``learner.bias_epochs``
-    ``--mix``                     ``learner.mix`` (``mix_lambda``, ``mix_weight``)
-    ``--num_support_NCM``         ``memory.memory_per_class`` (the seed keeps 5)
-    ProtoNet / PreResNet(32)      ``backbone.name: convnet4`` / ``resnet32``
-    ============================  ==========================================================
-
-    The seed's ``convnet4`` flattens a 2x2x64 map (256-d); cilkit's pools it (64-d).
+    Departures from the seed, in brief: all of a class's batch samples form its prototype (the
+    seed: at most 5); pull is a squared distance (zero when nothing moved) and push is bounded
+    at d = 0; the seed's "center" and spread terms are left out; the mix pairs each new image
+    with one exemplar; the bias stage trains on a balanced set at a constant lr (the seed: the
+    imbalanced task data, lr doubling every 10 epochs); ``convnet4`` pools its 2x2x64 map.
+    ``predict`` gives ``cnn`` (``-bias(d)``) and ``nme`` (``-d``); the linear head is unused.
+    The seed's options, their cilkit keys and the full list of differences are in
+    ``docs/methods/proto_ltcil.md``.
     """
 
     config_cls = ProtoLTCILConfig
@@ -186,14 +176,27 @@ class ProtoLTCIL(Learner):
         return list(self.network.backbone.parameters())  # the linear head is not used
 
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
-        """Pair each current-task image with a random exemplar and mix them."""
-        new = torch.nonzero(batch.y >= self.num_old_classes).flatten()
-        if not self.cfg.mix or not self.num_old_classes or not len(self.memory) or not len(new):
+        """Pair each current-task image with a random exemplar and mix them.
+
+        How many images are mixed depends on the batch, so it is counted on the host, from
+        the labels of the batch's CPU positions (``batch.index``): nothing comes back from the
+        device. The draws use ``generator`` on its own device."""
+        if not self.cfg.mix or not self.num_old_classes or not len(self.memory):
+            return batch
+        split = self._split
+        new = torch.nonzero(split.targets_cpu[batch.index.cpu()] >= self.num_old_classes)
+        if not len(new):
             return batch
         stored = self.memory.indices()
-        partner = self._split.augmented(
-            stored[torch.randint(len(stored), (len(new),), generator=generator)], generator
-        )
+        draw = torch.randint(len(stored), (len(new),), generator=generator, device=generator.device)
+        if split.images is None:  # image files are decoded on the host from host positions
+            partner = split.augmented(stored[draw.cpu()], generator)
+        else:  # DeviceSplit.augmented without the positions' trip to the host
+            at = stored.to(split.device)[draw.to(split.device)]
+            partner = Batch(
+                split.transform.train(split.images[at], generator), split.targets[at], at
+            )
+        new = new.flatten().to(batch.x.device, non_blocking=True)
         lam = self.cfg.mix_lambda
         batch.extra["mix"] = (lam * batch.x[new] + (1 - lam) * partner.x, batch.y[new], partner.y)
         return batch
@@ -217,7 +220,7 @@ class ProtoLTCIL(Learner):
         features = self.network.forward_features(x).float()
         features, mixed_features = features[: len(batch.x)], features[len(batch.x) :]
         old, n, y = self.num_old_classes, self.num_seen_classes, batch.y
-        counts = torch.bincount(y, minlength=n)
+        counts = y.new_zeros(n).scatter_add_(0, y, torch.ones_like(y))  # bincount syncs on GPU
         means = features.new_zeros(n, features.shape[1]).index_add(0, y, features)
         means = means / counts.clamp_min(1)[:, None]
         stored, known = self.class_means[:old], self.has_prototype[:old]
@@ -233,9 +236,9 @@ class ProtoLTCIL(Learner):
             mix = lam * F.cross_entropy(mixed, y_a) + (1 - lam) * F.cross_entropy(mixed, y_b)
             loss, terms["mix"] = loss + self.cfg.mix_weight * mix, mix.detach()
         if old:
-            present = (counts[:old] > 0) & known
-            pull = pull_loss(means[:old][present], stored[present])
-            push = push_loss(means[old:][counts[old:] > 0], stored[known], self.cfg.temperature)
+            present, new_present = (counts[:old] > 0) & known, counts[old:] > 0
+            pull = pull_loss(means[:old], stored, present)
+            push = push_loss(means[old:], stored, self.cfg.temperature, new_present, known)
             t = len(self.bias.alphas) - 1
             scale = (self.cfg.temperature**t, 1 / (t + 1)) if self.cfg.task_scaling else (1, 1)
             loss = loss + self.cfg.pull_weight * scale[0] * pull
@@ -250,10 +253,8 @@ class ProtoLTCIL(Learner):
         features = self.features_fn(ctx)(idx)
         labels = ctx.train.targets[idx.to(ctx.train.device)]
         n = self.num_seen_classes
-        counts = torch.bincount(labels, minlength=n)
-        sums = features.new_zeros(n, features.shape[1]).index_add_(0, labels, features)
-        self.class_means = sums / counts.clamp_min(1)[:, None]
-        self.has_prototype = counts > 0
+        self.class_means = class_means(features, labels, n, normalise=False)
+        self.has_prototype = torch.bincount(labels, minlength=n) > 0
 
     def after_task(self, ctx: TaskContext) -> None:
         """Memory and prototypes, then the bias stage's balanced set."""

@@ -13,6 +13,7 @@ from cilkit.config.schema import FieldError, LearnerConfig, LossConfig, OptimCon
 from cilkit.contract import Batch, StageTime, StepOutput, TaskContext, TrainingStage
 from cilkit.data.samplers import create_sampler
 from cilkit.learners.base import Learner, register_learner
+from cilkit.losses.diversity import diversity_kl
 from cilkit.losses.long_tail import LDAMLoss, LDAMLossConfig
 
 
@@ -68,17 +69,6 @@ class RIDEConfig(LearnerConfig):
                 raise FieldError(field_name, message)
 
 
-def diversity_kl(
-    expert_logits: torch.Tensor, mean_logits: torch.Tensor, temperature: torch.Tensor | float
-) -> torch.Tensor:
-    """``mean(T)^2 * KL(softmax(mean / T) || softmax(expert / T))``, averaged over the batch;
-    the experts' mean is a fixed target (no gradient). ``T`` is a number or one per class."""
-    t = torch.as_tensor(temperature, dtype=torch.float32, device=expert_logits.device)
-    log_q = F.log_softmax(expert_logits.float() / t, dim=1)
-    p = F.softmax(mean_logits.detach().float() / t, dim=1)
-    return t.mean() ** 2 * F.kl_div(log_q, p, reduction="batchmean")
-
-
 @register_learner("ride")
 class RIDE(Learner):
     """RIDE (Wang, Lian, Miao, Liu & Yu, ICLR 2021): several distribution-aware, diverse experts.
@@ -88,14 +78,17 @@ class RIDE(Learner):
     stages (at 3/4 width with ``reduce_dimension``) and a cosine classifier times ``s`` (the
     authors' ``NormedLinear``); the prediction is the experts' mean. The loss sums over experts
     LDAM (Cao et al. 2019, with DRW from ``drw_start_epoch``) plus ``diversity_factor`` times
-    ``T^2 KL(mean || expert)`` (:func:`diversity_kl`): negative, so experts are pushed apart.
+    ``T^2 KL(mean || expert)`` (:func:`cilkit.losses.diversity.diversity_kl`): negative, so
+    experts are pushed apart.
     Once DRW is on, ``T`` is per class, ``T (C pi_c f + 1 - f) / max`` with ``pi`` the class
     prior and ``f = reweight_factor``. With ``router`` a second stage trains only RIDE-EA's
     expert assignment module on class-balanced batches, the experts frozen in eval mode: before
     expert ``i + 1`` it predicts whether the experts so far are wrong and a later one is right
     (binary cross-entropy, ``router_pos_weight``); at prediction a sample consults the next
-    expert while the router's probability is above 0.5. ``evaluation_stats`` reports the
-    average number of experts per test sample (``num_experts`` without router).
+    expert while the router's probability is above 0.5; ``predict`` then reports the routed
+    mean as ``cnn`` and the mean of all experts, unrouted, as ``all_experts``.
+    ``evaluation_stats`` reports the average number of experts per test sample
+    (``num_experts`` without router).
 
     Details the paper leaves open follow the authors' code (frank-xwang/RIDE-LongTailRecognition,
     ``ride_resnet_cifar.py``, ``ea_resnet_cifar.py``, ``loss.py::RIDELoss``, the CIFAR-100 configs):
@@ -206,6 +199,8 @@ class RIDE(Learner):
         count = out.new_ones(len(x))
         active = torch.arange(len(x), device=x.device)
         for i in range(1, net.num_experts):
+            # Routing is data-dependent control flow: the samples that consult expert i are
+            # selected (a host sync per expert), so the others skip its computation.
             go = self.router(features, out[active] / i, i - 1) > 0  # sigmoid > 0.5
             active = active[go]
             if not len(active):
@@ -217,16 +212,16 @@ class RIDE(Learner):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The (routed) experts' mean logits, and NME scores over every expert's features when
-        class means exist."""
+        """The (routed) experts' mean logits, with a router also every expert's (``all_experts``),
+        and NME scores over every expert's features when class means exist."""
         if self.router is not None:
             logits, count = self.routed_logits(x)
-            self._experts_used += float(count.sum())
+            self._experts_used = self._experts_used + count.sum()  # a tensor: no sync per batch
+            out = {"cnn": logits, "all_experts": self.network(x).float()}
         else:
-            logits = self.network(x)
-            self._experts_used += len(x) * self.network.num_experts
+            out = {"cnn": self.network(x)}
+            self._experts_used = self._experts_used + len(x) * self.network.num_experts
         self._samples += len(x)
-        out = {"cnn": logits}
         if len(self.class_means) == self.num_seen_classes and self.num_seen_classes:
             features = self.network.forward_features(x).float()
             out["nme"] = nme_logits(features, self.class_means)
@@ -239,4 +234,4 @@ class RIDE(Learner):
         """``experts_per_sample``: experts consulted per predicted sample since the reset."""
         if not self._samples:
             return {}
-        return {"experts_per_sample": self._experts_used / self._samples}
+        return {"experts_per_sample": float(self._experts_used) / self._samples}

@@ -10,6 +10,7 @@ from cilkit.losses.base import (
     register_loss,
 )
 from cilkit.losses.distillation import kd_loss
+from cilkit.losses.diversity import diversity_kl
 from cilkit.losses.label_aware_smoothing import LabelAwareSmoothingLoss  # noqa: F401
 from cilkit.losses.long_tail import (
     BalancedSoftmaxLoss,
@@ -36,6 +37,7 @@ __all__ = [
     "LogitAdjustedLoss",
     "LossConfig",
     "create_loss",
+    "diversity_kl",
     "effective_number_weights",
     "kd_loss",
     "paco_loss",
