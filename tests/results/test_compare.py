@@ -16,19 +16,15 @@ from runfixtures import hand_made, real_runs, tiny_config, train
 
 from cilkit.errors import CheckpointError, CilkitError
 from cilkit.metrics import forgetting_per_task
-from cilkit.results.compare import (
+from cilkit.results.compare import summary_rows, summary_table, write_html_report
+from cilkit.results.figures import (
     accuracy_curves_figure,
     accuracy_matrices_figure,
     comparison_figures,
     forgetting_figure,
-    list_runs,
-    load_run,
-    load_runs,
     per_class_figure,
-    summary_rows,
-    summary_table,
-    write_html_report,
 )
+from cilkit.results.runs import list_runs, load_run, load_runs
 from cilkit.results.report_html import html_report
 
 

@@ -1,13 +1,17 @@
-"""Run logging: the printed lines go to ``log.txt`` in the run directory, and scalars to
+"""Run logging: the printed lines go to ``log.txt`` in the run directory, one JSON record per
+trained epoch to ``epochs.jsonl`` (what the UI's live curves and progress read), and scalars to
 TensorBoard (``tensorboard/``) when the ``tensorboard`` package is installed."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from cilkit.results.run_dir import EPOCHS_FILE
 
 
 class RunLogger:
@@ -36,6 +40,14 @@ class RunLogger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
                 f.write(line + "\n")
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Append one trained epoch's record to ``epochs.jsonl``. A resumed run may repeat an
+        epoch that ended after its last checkpoint; readers keep the last record of each."""
+        if self.enabled:
+            path = self.path.parent / EPOCHS_FILE
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def scalars(self, values: dict[str, float | None], step: int) -> None:
         if self._writer is None:

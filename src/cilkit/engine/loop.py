@@ -183,6 +183,7 @@ def run_loop(
             if out.logits is not None:
                 correct += (out.logits.detach().argmax(1) == batch.y).sum()
             seen += n
+        lr = optimizer.param_groups[0]["lr"]  # this epoch's, before the schedule moves on
         scheduler.step()
         bad_step = int(first_bad)
         if bad_step >= 0:
@@ -204,6 +205,21 @@ def run_loop(
                 **{f"{loop.label}/{name}": v for name, v in means.items()},
             },
             epoch,
+        )
+        run.logger.epoch(
+            {
+                "task_id": loop.phase.task_id,
+                "num_tasks": run.num_tasks,
+                "phase": loop.phase.key,
+                "label": loop.label,
+                "epoch": epoch + 1,
+                "epochs": loop.epochs,
+                "loss": mean_loss,
+                "train_accuracy": train_acc,
+                "terms": means,
+                "lr": lr,
+                "seconds": round(seconds + time.perf_counter() - started, 3),
+            }
         )
         detail = ", ".join(f"{name} {v:.4f}" for name, v in means.items())
         run.logger.text(

@@ -15,13 +15,9 @@ from collections.abc import Sequence
 import yaml
 
 from cilkit import __version__
-from cilkit.results.compare import (
-    RunInfo,
-    comparison_figures,
-    state_lines,
-    table_cells,
-    unique_names,
-)
+from cilkit.results.compare import state_lines, table_cells
+from cilkit.results.figures import comparison_figures
+from cilkit.results.runs import RunInfo, unique_names
 
 _CSS = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em;
@@ -48,7 +44,8 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _summary_table(runs: Sequence[RunInfo], classifiers: Sequence[str] | None) -> str:
+def summary_table_html(runs: Sequence[RunInfo], classifiers: Sequence[str] | None = None) -> str:
+    """The summary table as an HTML table (the report's and the UI's)."""
     titles, cells, kinds = table_cells(runs, classifiers)
     head = "".join(f"<th>{_e(t)}</th>" for t in titles)
     body = []
@@ -116,7 +113,7 @@ def html_report(
         "accuracy, last: accuracy after the last task; many/medium/few: shot-group accuracy, "
         "GM/HM/LR: geometric mean, harmonic mean and lowest of the class recalls (long-tailed "
         "runs). Unfinished runs show their finished tasks.</p>",
-        _summary_table(runs, classifiers),
+        summary_table_html(runs, classifiers),
         "<h2>Figures</h2>",
         *(figures or ["<p>No run has a finished task to plot.</p>"]),
         "<h2>Configs</h2>",

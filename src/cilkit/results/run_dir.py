@@ -2,7 +2,10 @@
 
 ``config.yaml`` (resolved config), ``metrics.jsonl`` (one object per finished task, with the
 learner's ``evaluation_stats`` when it counts any), ``summary.json`` (whole-run metrics: those
-stats after the last task and per task) and ``plots/``. All writes are atomic.
+stats after the last task and per task), ``epochs.jsonl`` (one object per trained epoch of the
+main training and every stage: loss, its terms, train accuracy, learning rate), ``status.json``
+(:mod:`cilkit.results.status`) and ``plots/``. All writes but the appended ``epochs.jsonl``
+are atomic.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from cilkit.metrics import (
     last_accuracy,
 )
 from cilkit.results.io import atomic_write_json, atomic_write_text
+
+EPOCHS_FILE = "epochs.jsonl"
 
 
 class RunDirectory:
@@ -39,6 +44,29 @@ class RunDirectory:
     @property
     def summary_path(self) -> Path:
         return self.path / "summary.json"
+
+    @property
+    def epochs_path(self) -> Path:
+        return self.path / EPOCHS_FILE
+
+    def read_epochs(self) -> list[dict[str, Any]]:
+        """The per-epoch records, the last of each (task, phase, epoch) where a resume repeated
+        one; a line a running process is still writing is left out."""
+        try:
+            lines = self.epochs_path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        latest: dict[tuple, dict[str, Any]] = {}
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                key = (record.get("task_id"), record.get("phase"), record.get("epoch"))
+                latest.pop(key, None)
+                latest[key] = record
+        return list(latest.values())
 
     @property
     def plots_dir(self) -> Path:

@@ -4,7 +4,7 @@ The trainer (rank 0) writes it atomically when a run starts, with its process id
 again when the run ends: ``finished``, ``interrupted`` (Ctrl-C, or stopped cleanly with
 ``--stop-after-task``; ``cilkit run --resume`` continues it) or ``failed`` with the one-line
 error. A run killed outright (SIGKILL, a power cut) keeps ``running`` with a process id that no
-longer exists, which :func:`cilkit.results.compare.load_run` reads as interrupted.
+longer exists, which :func:`cilkit.results.runs.load_run` reads as interrupted.
 
 It imports nothing heavy, so the CLI and the UI can read run directories without torch.
 """
