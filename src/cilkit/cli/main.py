@@ -154,6 +154,17 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-partial", action="store_true", help="write what fits even if keys are missing"
     )
 
+    ui = sub.add_parser(
+        "ui",
+        help="the web page: train, watch, compare, try and tune runs (pip install cilkit[ui])",
+        description="Serve the web UI on HOST:PORT (127.0.0.1 by default: this machine only). "
+        "It reads and creates runs in the --runs folder and serves no other file.",
+    )
+    ui.add_argument("--runs", default="runs", help="the runs folder (default: runs)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    ui.add_argument("-c", "--config", help="YAML the Train form starts from (default: quickstart)")
+
     ls = sub.add_parser("list", help="list registered components with a one-line description")
     ls.add_argument("kind", choices=list(KINDS))
 
@@ -240,7 +251,7 @@ def _claim_run_dir(out: Path, overwrite: bool) -> None:
         )
     for name in ("checkpoints", "plots"):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "epochs.jsonl", "status.json"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -317,6 +328,23 @@ def _cmd_import_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from cilkit.ui.page import serve
+    except ImportError as err:
+        raise CilkitError(
+            f"cilkit ui needs the ui extra ({err.name} is missing): pip install 'cilkit[ui]'"
+        ) from None
+    start = None
+    if args.config:
+        from cilkit.config import load_config
+
+        start = load_config(args.config)
+    print(f"cilkit ui: http://{args.host}:{args.port}  (runs folder: {args.runs}; Ctrl-C stops)")
+    serve(args.runs, host=args.host, port=args.port, start=start)
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from cilkit.registry import get_registry
 
@@ -378,7 +406,8 @@ def _cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from cilkit.results.compare import load_runs, state_lines, summary_table
+    from cilkit.results.compare import state_lines, summary_table
+    from cilkit.results.runs import load_runs
 
     runs = load_runs(args.run_dirs)
     print(summary_table(runs))
@@ -390,7 +419,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cilkit.results.compare import load_runs, write_html_report
+    from cilkit.results.compare import write_html_report
+    from cilkit.results.runs import load_runs
 
     out = Path(args.out)
     if out.is_dir():
@@ -467,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "tune": _cmd_tune,
         "import-weights": _cmd_import_weights,
         "list": _cmd_list,
+        "ui": _cmd_ui,
         "show-config": _cmd_show_config,
         "compare": _cmd_compare,
         "report": _cmd_report,
