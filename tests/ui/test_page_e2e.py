@@ -286,3 +286,15 @@ def test_the_page_serves_no_file_outside_the_runs_folder(server):
                 assert err.code in (403, 404), (route, path, err.code)
                 continue
             assert "private" not in body and "root:" not in body, (route, path)
+
+
+def test_a_non_loopback_host_warns_that_the_page_has_no_login(tmp_path):
+    _need("gradio")
+    from cilkit.ui.page import serve
+
+    with pytest.warns(UserWarning, match="the page has no login"):
+        page, backend = serve(tmp_path / "runs", host="0.0.0.0", port=_free_port(), block=False)
+    try:
+        assert backend.root == (tmp_path / "runs").resolve()
+    finally:
+        page.close()
