@@ -285,7 +285,7 @@ def test_html_report_is_self_contained(real, made, lt_pair, tmp_path):
     sources = re.findall(r'src="([^"]*)"', text)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     keys = [f.key for f in comparison_figures(runs)]
-    assert keys == ["accuracy", "accuracy_matrix", "forgetting", "per_class_accuracy"]
+    assert keys == ["accuracy", "accuracy_matrix", "forgetting", "long_tail", "per_class_accuracy"]
     assert text.count('<img src="data:image/png;base64,') == len(keys)
     for k, src in enumerate(sources):
         png = tmp_path / f"png{k}" / "f.png"

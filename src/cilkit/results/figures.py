@@ -230,12 +230,14 @@ def comparison_figures(
     runs: Sequence[RunInfo], classifiers: Sequence[str] | None = None
 ) -> list[ComparisonFigure]:
     """Every comparison figure the runs allow, in report order: accuracy curves, accuracy
-    matrices, forgetting per task, per-class accuracy (long-tailed runs)."""
+    matrices, forgetting per task, and for long-tailed runs the long-tail metrics per task and
+    per-class accuracy."""
     runs = unique_names(runs)
     made = [
         ("accuracy", "Accuracy after each task", accuracy_curves_figure(runs, classifiers)),
         ("accuracy_matrix", "Accuracy matrices", accuracy_matrices_figure(runs, classifiers)),
         ("forgetting", "Forgetting per task", forgetting_figure(runs, classifiers)),
+        ("long_tail", "Long-tail metrics after each task", long_tail_curves_figure(runs)),
         ("per_class_accuracy", "Per-class accuracy by training frequency", per_class_figure(runs)),
     ]
     return [ComparisonFigure(key, title, fig) for key, title, fig in made if fig is not None]
@@ -279,4 +281,43 @@ def epoch_curves_figure(runs: Sequence[RunInfo]) -> Figure | None:
         frameon=False,
         fontsize=8,
     )
+    return fig
+
+
+_LT_PANELS = (
+    ("Many / medium / few-shot accuracy (%)", ("many_accuracy", "medium_accuracy", "few_accuracy")),
+    ("GM, HM and lowest recall (%)", ("gm_recall", "hm_recall", "lowest_recall")),
+)
+
+
+def long_tail_curves_figure(runs: Sequence[RunInfo]) -> Figure | None:
+    """The CNN's long-tail metrics after each task of the long-tailed runs: many, medium and
+    few-shot accuracy in one panel, GM, HM and lowest recall in the other, against the number
+    of seen classes. None when no long-tailed run has a finished task."""
+    chosen = [r for r in unique_names(runs) if r.long_tailed and r.records]
+    if not chosen:
+        return None
+    fig = _new_figure(11.0, 4.0)
+    axes = fig.subplots(1, 2)
+    styles = (("-", "o"), ("--", "s"), (":", "^"))
+    for ax, (title, keys) in zip(axes, _LT_PANELS, strict=True):
+        for i, run in enumerate(chosen):
+            xs = [r["num_seen_classes"] for r in run.records]
+            for key, (style, marker) in zip(keys, styles, strict=True):
+                ys = [r.get(key) for r in run.records]
+                ys = [math.nan if y is None else y for y in ys]
+                short = key.split("_")[0]
+                ax.plot(
+                    xs,
+                    ys,
+                    linestyle=style,
+                    marker=marker,
+                    markersize=4,
+                    color=f"C{i}",
+                    label=f"{run.name} {short}",
+                )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("Number of seen classes")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
     return fig

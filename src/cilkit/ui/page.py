@@ -147,6 +147,7 @@ def build_page(backend: Backend) -> gr.Blocks:
             with gr.Row():
                 live_acc = gr.Plot(label="accuracy after each task (the newest run of this page)")
                 live_epochs = gr.Plot(label="loss and train accuracy per epoch")
+            live_lt = gr.Plot(label="long-tail metrics after each task (long-tailed runs)")
 
             def show_config(*args: Any) -> tuple[Any, ...]:
                 text, error = backend.config_yaml(values(*args))
@@ -190,6 +191,7 @@ def build_page(backend: Backend) -> gr.Blocks:
                 "accuracy": gr.Plot(label="accuracy after each task"),
                 "accuracy_matrix": gr.Plot(label="accuracy matrices"),
                 "forgetting": gr.Plot(label="forgetting per task"),
+                "long_tail": gr.Plot(label="many / medium / few, GM, HM, lowest recall per task"),
                 "per_class_accuracy": gr.Plot(label="per-class accuracy by training frequency"),
                 "epochs": gr.Plot(label="loss and train accuracy per epoch"),
             }
@@ -300,23 +302,24 @@ def build_page(backend: Backend) -> gr.Blocks:
 
         def tick(run_dir: str | None, tuned: str | None) -> tuple[Any, ...]:
             bars = backend.progress_html()
-            acc = epochs = gr.skip()
+            acc = epochs = lt = gr.skip()
             if run_dir:
                 stamp = _stamp(Path(run_dir))
                 if seen.get(run_dir) != stamp:
                     seen[run_dir] = stamp
                     figures = backend.figures([backend.name_of(Path(run_dir))])
                     acc, epochs = figures.get("accuracy"), figures.get("epochs")
+                    lt = figures.get("long_tail")
             tune_out: tuple[Any, ...] = (gr.skip(), gr.skip())
             if tuned:
                 state, rows = backend.tune_result(tuned)
                 tune_out = (state, _html_table(rows))
-            return (bars, acc, epochs, *tune_out)
+            return (bars, acc, epochs, lt, *tune_out)
 
         timer.tick(
             tick,
             [last_run, tuned_run],
-            [progress, live_acc, live_epochs, tune_message, tune_table],
+            [progress, live_acc, live_epochs, live_lt, tune_message, tune_table],
             show_progress="hidden",
         )
     return page
