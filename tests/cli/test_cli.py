@@ -246,3 +246,14 @@ def test_a_closed_output_pipe_does_not_stop_the_run(tmp_path):
     assert "Broken pipe" not in err and "Traceback" not in err
     assert (out / "summary.json").exists()
     assert "summary (accuracies in %)" in (out / "log.txt").read_text()
+
+
+def test_ui_without_its_extra_is_one_line(monkeypatch, capsys):
+    """``cilkit ui`` without gradio says which extra to install, without a traceback."""
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    monkeypatch.delitem(sys.modules, "cilkit.ui.page", raising=False)
+    assert main(["ui", "--runs", "unused"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: cilkit ui needs the ui extra (gradio is missing): pip install 'cilkit[ui]'"
+    ]
