@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cilkit.cli.main import main, quickstart_config_text
+from cilkit.cli.main import main
+from cilkit.config.loader import quickstart_config_text
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from runfixtures import hand_made, real_runs, tiny_config, train
 
 from cilkit.errors import CheckpointError, CilkitError
 from cilkit.metrics import forgetting_per_task
-from cilkit.results.compare import summary_rows, summary_table, write_html_report
+from cilkit.results.compare import summary_rows, summary_table
 from cilkit.results.figures import (
     accuracy_curves_figure,
     accuracy_matrices_figure,
@@ -24,8 +24,8 @@ from cilkit.results.figures import (
     forgetting_figure,
     per_class_figure,
 )
+from cilkit.results.report_html import html_report, write_html_report
 from cilkit.results.runs import list_runs, load_run, load_runs
-from cilkit.results.report_html import html_report
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from runfixtures import hand_made, real_runs
 
-from cilkit.cli.main import quickstart_config_text
 from cilkit.config import build_config
-from cilkit.config.loader import parse_yaml
+from cilkit.config.loader import quickstart_config
 from cilkit.config.schema import POLYMORPHIC_SECTIONS
 from cilkit.errors import CheckpointError, CilkitError
 from cilkit.inference import MAX_FILE_BYTES, ImageInputError, Predictor, read_image
@@ -26,7 +25,7 @@ from cilkit.ui.runs import RunLauncher, run_progress
 
 
 def _quickstart():
-    return build_config(parse_yaml(quickstart_config_text(), "quickstart"))
+    return quickstart_config()
 
 
 # ---- the form ------------------------------------------------------------------------------------
@@ -58,6 +57,8 @@ def test_every_registered_option_is_in_the_form():
 def test_the_untouched_form_is_its_start_config():
     start = _quickstart()
     assert form_to_config(form_fields(start), {}) == start
+    # From the bare defaults, whose learner section is the base class until it is resolved.
+    assert form_to_config(form_fields(None), {}) == build_config({})
 
 
 def test_the_form_switches_classes_sections_and_blank_numbers():

@@ -101,7 +101,11 @@ def server(tmp_path_factory):
 def browser():
     sync_api = _need("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+        b = p.chromium.launch(
+            executable_path=_chromium(),
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
         yield b
         b.close()
 

@@ -15,17 +15,12 @@ import os
 import shutil
 import sys
 import textwrap
-from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 from cilkit.cli.parser import KINDS, build_parser
+from cilkit.config.loader import quickstart_config_text
 from cilkit.errors import CheckpointError, CilkitError, RunInterrupted, did_you_mean
-
-
-def quickstart_config_text() -> str:
-    """The embedded quickstart config (also shipped as configs/quickstart.yaml)."""
-    return resources.files("cilkit").joinpath("configs/quickstart.yaml").read_text()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -246,7 +241,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cilkit.results.compare import write_html_report
+    from cilkit.results.report_html import write_html_report
     from cilkit.results.runs import load_runs
 
     out = Path(args.out)

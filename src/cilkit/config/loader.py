@@ -314,3 +314,15 @@ def describe_config(cls: type) -> list[tuple[str, str, Any, str]]:
             (f.name, _type_name(hints[f.name]), config_to_dict(default), docs.get(f.name, ""))
         )
     return rows
+
+
+def quickstart_config_text() -> str:
+    """The embedded quickstart config (also shipped as configs/quickstart.yaml)."""
+    from importlib import resources
+
+    return resources.files("cilkit").joinpath("configs/quickstart.yaml").read_text()
+
+
+def quickstart_config() -> ExperimentConfig:
+    """The embedded quickstart, validated (what ``cilkit run`` without ``-c`` runs)."""
+    return build_config(parse_yaml(quickstart_config_text(), "quickstart.yaml (embedded)"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from cilkit.results.runs import RunInfo, classifier_label, unique_names
@@ -157,24 +156,3 @@ def state_lines(runs: Sequence[RunInfo]) -> list[str]:
         elif run.state in ("running", "empty"):
             lines.append(f"{run.name}: {run.state}  ({run.path})")
     return lines
-
-
-def write_html_report(
-    runs: Sequence[RunInfo],
-    out_path: str | Path,
-    title: str | None = None,
-    classifiers: Sequence[str] | None = None,
-) -> Path:
-    """Write the comparison as one self-contained HTML file (atomically): title, date, cilkit
-    version, the runs and their states, the summary table, every figure as an embedded PNG, and
-    each run's config in a collapsible section. It needs no network access to open.
-
-    Returns:
-        ``out_path`` as a :class:`~pathlib.Path`.
-    """
-    from cilkit.results.io import atomic_write_text
-    from cilkit.results.report_html import html_report
-
-    target = Path(out_path)
-    atomic_write_text(target, html_report(runs, title=title, classifiers=classifiers))
-    return target

@@ -1,4 +1,4 @@
-"""The HTML text of a comparison report (:func:`cilkit.results.compare.write_html_report`).
+"""The comparison report as one self-contained HTML file (:func:`write_html_report`).
 
 One self-contained page: inline CSS only, figures as ``data:image/png;base64`` URIs, no script,
 font, stylesheet or link to anything outside the file, so it opens offline, in a CI artefact
@@ -11,12 +11,14 @@ import base64
 import datetime as dt
 import html
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
 from cilkit import __version__
 from cilkit.results.compare import state_lines, table_cells
 from cilkit.results.figures import comparison_figures
+from cilkit.results.io import atomic_write_text
 from cilkit.results.runs import RunInfo, unique_names
 
 _CSS = """
@@ -84,7 +86,7 @@ def html_report(
     title: str | None = None,
     classifiers: Sequence[str] | None = None,
 ) -> str:
-    """The report as one HTML document (see :func:`cilkit.results.compare.write_html_report`)."""
+    """The report as one HTML document (see :func:`write_html_report`)."""
     runs = unique_names(runs)
     title = title or "cilkit comparison: " + ", ".join(r.name for r in runs)
     date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
@@ -122,3 +124,21 @@ def html_report(
         "</html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def write_html_report(
+    runs: Sequence[RunInfo],
+    out_path: str | Path,
+    title: str | None = None,
+    classifiers: Sequence[str] | None = None,
+) -> Path:
+    """Write the comparison as one self-contained HTML file (atomically): title, date, cilkit
+    version, the runs and their states, the summary table, every figure as an embedded PNG, and
+    each run's config in a collapsible section. It needs no network access to open.
+
+    Returns:
+        ``out_path`` as a :class:`~pathlib.Path`.
+    """
+    target = Path(out_path)
+    atomic_write_text(target, html_report(runs, title=title, classifiers=classifiers))
+    return target

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cilkit.config import ExperimentConfig
-from cilkit.config.loader import dump_config
+from cilkit.config.loader import dump_config, quickstart_config
 from cilkit.errors import CilkitError
 from cilkit.results.runs import RunInfo, list_runs, load_run
 from cilkit.results.status import one_line
@@ -43,14 +43,8 @@ class Backend:
     ) -> None:
         self.root = Path(runs_root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        if start is None:
-            from cilkit.cli.main import quickstart_config_text
-            from cilkit.config import build_config
-            from cilkit.config.loader import parse_yaml
-
-            start = build_config(parse_yaml(quickstart_config_text(), "quickstart"))
-        self.start = start
-        self.fields: list[FormField] = form_fields(start)
+        self.start = start if start is not None else quickstart_config()
+        self.fields: list[FormField] = form_fields(self.start)
         self.launcher = launcher or RunLauncher(self.root)
         self._predictors: dict[tuple[Path, str], Any] = {}
 
@@ -194,7 +188,7 @@ class Backend:
 
     def export_report(self, names: list[str]) -> Path:
         """The comparison as one HTML file under ``.ui/reports/``."""
-        from cilkit.results.compare import write_html_report
+        from cilkit.results.report_html import write_html_report
 
         if not names:
             raise CilkitError("choose one or more runs to export")

@@ -197,7 +197,7 @@ def _polymorphic(
         if cls is base:
             continue
         defaults = config_to_dict(cls())
-        own = current if entry.name == chosen else defaults
+        own = {**defaults, **current} if entry.name == chosen else defaults
         _walk(cls, own, f"{key}.", out, (name_key, entry.name), within, skip=frozenset(base_fields))
 
 
