@@ -91,6 +91,8 @@ class TrainingStage:
         finish: called after the last epoch (e.g. to fold learned scales into the head).
         state: a module holding the stage's own trainable state (parameters that are not the
             learner's), saved with mid-stage checkpoints and loaded on resume.
+        augment: draw training augmentation for the stage's batches; False hands ``step`` the
+            images as evaluation sees them (BiC's bias correction on its held-out split).
     """
 
     name: str
@@ -105,6 +107,7 @@ class TrainingStage:
     start: Callable[[], None] | None = None
     finish: Callable[[], None] | None = None
     state: nn.Module | None = None
+    augment: bool = True
 
 
 @dataclass

@@ -35,6 +35,22 @@ def test_train_batches_cover_each_index_once_per_epoch():
     assert sorted(seen.tolist()) == list(range(11))
 
 
+def test_unaugmented_train_batches_are_the_evaluation_images_shuffled():
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
+    split = ImageSet(torch.arange(12) % 3, ("a", "b", "c"), images=images)
+    transform = BatchTransform((0.5,) * 3, (0.25,) * 3, PRESETS["cifar"], channels_last=False)
+    ds = DeviceSplit(split, split.labels, transform, torch.device("cpu"))
+    idx = torch.arange(12)
+    evaluated = torch.cat([b.x for b in ds.eval_batches(idx, 12)])
+    plain = list(ds.train_batches(idx, 4, torch.Generator().manual_seed(0), augment=False))
+    for b in plain:
+        torch.testing.assert_close(b.x, evaluated[b.index])
+    assert [b.index.tolist() for b in plain] != [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    gen = torch.Generator().manual_seed(1)
+    augmented = next(ds.train_batches(idx, 12, torch.Generator().manual_seed(0), gen))
+    assert not torch.allclose(augmented.x, evaluated[augmented.index])  # crops and flips
+
+
 def test_ranks_take_disjoint_shards_of_every_global_batch():
     shards = []
     for rank in range(2):

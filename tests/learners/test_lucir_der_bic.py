@@ -149,6 +149,26 @@ def test_bic_bias_stage_changes_only_alpha_and_beta_and_old_logits_stay(tmp_path
     torch.testing.assert_close(corrected[:, 4:], logits[:, 4:] * alpha + beta)
 
 
+def test_bic_stage_penalises_beta_only_and_sees_unaugmented_images(tmp_path):
+    """The authors' code: cross-entropy + 0.1 * beta^2 / 2, alpha free, no augmentation."""
+    parts = _after_task("bic", tmp_path)
+    learner = parts.learner
+    ctx = _next_task(parts, 1)
+    (stage,) = learner.stages(ctx, "after_training")
+    assert stage.augment is False and stage.optim.weight_decay == 0.0
+    learner.bias.alphas[-1].data.fill_(3.0)
+    learner.bias.betas[-1].data.fill_(2.0)
+    batch = _batch(parts, ctx)
+    out = stage.step(batch)
+    ce = F.cross_entropy(learner.head_logits(learner.network.forward_features(batch.x)), batch.y)
+    torch.testing.assert_close(out.loss, ce + 0.1 * 2.0**2 / 2)
+    out.loss.backward()
+    alpha_grad = learner.bias.alphas[-1].grad.clone()
+    learner.bias.alphas[-1].grad = learner.bias.betas[-1].grad = None
+    ce.backward()
+    torch.testing.assert_close(learner.bias.alphas[-1].grad, alpha_grad)  # alpha: no penalty
+
+
 def test_bic_holds_out_the_same_share_of_every_class(tmp_path):
     parts = _after_task("bic", tmp_path)
     learner = parts.learner

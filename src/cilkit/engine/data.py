@@ -143,14 +143,17 @@ class DeviceSplit:
         sampler: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         raw: bool = False,
         views: int = 1,
+        augment: bool = True,
     ) -> Iterator[Batch]:
         """Shuffled (or resampled), augmented batches over ``indices`` (one epoch).
 
         ``sampler`` maps the samples' labels to the epoch's positions into ``indices``
         (default: a random permutation). ``batch_size`` is global: each process takes its share
         of every batch. A last batch that would give a process fewer than 2 samples is dropped,
-        so every process steps together and batch normalisation has a batch to normalise. ``raw`` adds the un-augmented uint8 images (``batch.raw``);
-        ``views`` > 1 adds that many minus one further augmented views (``batch.views``).
+        so every process steps together and batch normalisation has a batch to normalise.
+        ``raw`` adds the un-augmented uint8 images (``batch.raw``); ``views`` > 1 adds that many minus one further augmented views (``batch.views``).
+        ``augment=False`` normalises the images as evaluation does, without augmentation (the
+        order is still shuffled or sampled).
         """
         if sampler is None:
             order = indices[torch.randperm(len(indices), generator=generator)]
@@ -162,7 +165,11 @@ class DeviceSplit:
             if len(order) - start >= 2 * self.world_size
         ]
         for images, chunk in self._uint8_batches(chunks):
-            x = self.transform.train(images, aug_generator)
+            x = (
+                self.transform.train(images, aug_generator)
+                if augment
+                else self.transform.eval(images)
+            )
             extra = tuple(self.transform.train(images, aug_generator) for _ in range(views - 1))
             target = self.targets[chunk.to(self.device)]
             yield Batch(x, target, chunk, images if raw else None, extra)

@@ -68,6 +68,7 @@ class Loop:
         raw: also hand the un-augmented images to ``step``.
         views: augmented views per image.
         state: a stage's own module, saved with mid-phase checkpoints.
+        augment: False trains on the images as evaluation sees them (no augmentation).
         after_step: called after every optimiser step.
     """
 
@@ -85,6 +86,7 @@ class Loop:
     views: int = 1
     state: nn.Module | None = None
     after_step: Callable[[], None] | None = None
+    augment: bool = True
 
 
 def _optimizer_state_to_json(state: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +159,7 @@ def run_loop(
             loop.sampler,
             raw=loop.raw,
             views=loop.views,
+            augment=loop.augment,
         )
         for i, batch in enumerate(batches):
             if loop.transform is not None:
@@ -278,6 +281,7 @@ def run_stage(
         before_epoch=stage.before_epoch,
         state=stage.state,
         after_step=run.learner.after_step,
+        augment=stage.augment,
     )
     loss = run_loop(run, loop, resumed, on_epoch_end)
     run.dist.sync_module(run.learner)

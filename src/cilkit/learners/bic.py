@@ -24,7 +24,14 @@ class BiCConfig(LearnerConfig):
     bias_epochs: int = 170
     bias_lr: float = 0.1
     bias_milestones: tuple[int, ...] = (60, 100, 140)
-    bias_weight_decay: float = 2e-4
+    bias_weight_decay: float = 0.0
+    """Weight decay on alpha and beta (PyCIL: 2e-4 on both; the authors' code: none)."""
+    bias_beta_l2: float = 0.1
+    """``bias_beta_l2 * beta^2 / 2`` is added to the stage's loss; alpha is left unconstrained
+    (the authors' code: ``cross_entropy + gamma_l2_loss * 0.1``, gamma being the paper's beta)."""
+    bias_augment: bool = False
+    """Augment the held-out images in the stage (the authors' code feeds them as evaluation
+    does; PyCIL augments them)."""
 
 
 class BiasCorrection(nn.Module):
@@ -64,9 +71,15 @@ class BiC(Learner):
     holds out the same samples); the rest trains with ``(1 - l) CE + l KD``, ``l = old / seen``,
     KD on the old classes' logits (T = 2) from the previous model including its corrections.
     Then a stage before ``after_task`` trains only the task's (alpha, beta) on the held-out
-    split, with everything else frozen; earlier tasks' pairs are kept and applied. The stage's
-    loss is cross-entropy on the corrected logits (the paper); PyCIL's ``bic.py`` applies a
-    softmax before its cross-entropy. Hyperparameters of the stage follow PyCIL.
+    split, with everything else frozen; earlier tasks' pairs are kept and applied.
+
+    Where the paper is silent the stage follows the authors' code
+    (wuyuebupt/LargeScaleIncrementalLearning, ``resnet.py``): its loss is cross-entropy on the
+    corrected logits plus ``0.1 * beta^2 / 2`` (alpha unconstrained, no weight decay), and the
+    held-out images come without augmentation. PyCIL's ``bic.py`` differs on all three: a
+    softmax before its cross-entropy, weight decay 2e-4 on alpha and beta, augmented images.
+    The stage's schedule follows PyCIL (170 epochs, lr 0.1 decayed at 60, 100, 140; the
+    authors: 200 epochs decayed at 60, 120, 160, 180).
     """
 
     config_cls = BiCConfig
@@ -128,8 +141,9 @@ class BiC(Learner):
             with torch.no_grad():
                 features = network.forward_features(batch.x)
             logits = self.head_logits(features).float()
-            loss = F.cross_entropy(logits, batch.y)
-            return StepOutput(loss, {"bias": loss.detach()}, logits)
+            ce = F.cross_entropy(logits, batch.y)
+            loss = ce + self.cfg.bias_beta_l2 * pair[1].square().sum() / 2
+            return StepOutput(loss, {"ce": ce.detach()}, logits)
 
         return TrainingStage(
             name="bias correction",
@@ -143,4 +157,5 @@ class BiC(Learner):
             step=step,
             indices=self.held_out,
             before_epoch=lambda epoch: network.eval(),
+            augment=self.cfg.bias_augment,
         )
