@@ -151,7 +151,8 @@ class DeviceSplit:
         (default: a random permutation). ``batch_size`` is global: each process takes its share
         of every batch. A last batch that would give a process fewer than 2 samples is dropped,
         so every process steps together and batch normalisation has a batch to normalise.
-        ``raw`` adds the un-augmented uint8 images (``batch.raw``); ``views`` > 1 adds that many minus one further augmented views (``batch.views``).
+        ``raw`` adds the un-augmented uint8 images (``batch.raw``); ``views`` > 1 adds that many
+        minus one further augmented views (``batch.views``).
         ``augment=False`` normalises the images as evaluation does, without augmentation (the
         order is still shuffled or sampled).
         """
