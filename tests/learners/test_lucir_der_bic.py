@@ -114,6 +114,21 @@ def test_der_adds_a_frozen_extractor_per_task(tmp_path):
         assert torch.equal(value, old[key]), key
 
 
+def test_lucir_warns_when_its_learned_scale_inverts_the_classifier(tmp_path, caplog):
+    from cilkit.components.classifier import warn_if_scale_inverted
+
+    network = _after_task("lucir", tmp_path).learner.network
+    features = torch.randn(6, network.head.in_features)
+    assert not warn_if_scale_inverted(network, 1)
+    ranks = network.head(features).argsort(dim=1)
+    with torch.no_grad():
+        network.head.sigma.fill_(-1.5)
+    assert (network.head(features).argsort(dim=1) == ranks.flip(1)).all()  # inverted
+    with caplog.at_level("WARNING", logger="cilkit"):
+        assert warn_if_scale_inverted(network, 1)
+    assert "task 1" in caplog.text and "-1.5" in caplog.text and "cosine_scale" in caplog.text
+
+
 # ---- BiC -------------------------------------------------------------------------------------
 
 

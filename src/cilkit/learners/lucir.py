@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cilkit.components.classifier import classifier_step
+from cilkit.components.classifier import classifier_step, warn_if_scale_inverted
 from cilkit.config.schema import LearnerConfig, OptimConfig
 from cilkit.contract import Batch, Parameters, StageTime, StepOutput, TaskContext, TrainingStage
 from cilkit.learners.base import Learner, register_learner
@@ -54,6 +54,10 @@ class LUCIR(Learner):
       highest new-class cosines by ``dist`` (``MarginRankingLoss``), weighted by ``lw_mr``;
     - optional class-balanced finetuning of the classifier on the memory, as a stage after
       ``after_task`` (the authors' ``cbf_*`` scripts: 20 epochs, lr 0.01, decay at 10).
+
+    sigma starts at ``backbone.cosine_scale`` (the authors: 1) and is not kept positive (as in
+    the authors' code and PyCIL). In short schedules it can cross zero and invert the
+    classifier; the log then warns (``docs/REPRODUCIBILITY.md``, "The zoo on real data").
     """
 
     config_cls = LUCIRConfig
@@ -88,6 +92,10 @@ class LUCIR(Learner):
             for c in ctx.info.new_classes
         ]
         head.weights[-1].copy_(torch.stack(rows).to(head.weights[-1]) * old_norm)
+
+    def after_task(self, ctx: TaskContext) -> None:
+        warn_if_scale_inverted(self.network, ctx.info.task_id)
+        super().after_task(ctx)
 
     def configure_training(self, ctx: TaskContext) -> Parameters:
         """The previous tasks' class weights stay fixed; everything else trains."""
