@@ -1,0 +1,116 @@
+"""Where the time of a whole ``cilkit run`` goes: training, teacher, evaluation, herding, ...
+
+Runs one experiment in this process with a wall-clock timer wrapped around each of the
+engine's and the learner's parts and prints each part's seconds and share of the whole run.
+The teacher's forward is inside training (indented); the top-level parts do not nest, and
+"other" is the run minus them.
+
+    python benchmarks/profile_run.py -c configs/experiments/icarl_tinyimagenet100_b0_inc10.yaml \\
+        data.root=/path/to/tiny-imagenet-100a scenario.initial_increment=20 \\
+        scenario.increment=20 train.epochs=1 train.init_epochs=1 [--out DIR] [--json OUT]
+
+A part that a learner overrides (its own ``update_memory``) is timed only if it calls the base
+version. Timing a part waits for nothing on the GPU: on CUDA the shares are those of the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# (label, "module:qualified name", top level?)
+PARTS = (
+    ("building the run (data, network)", "cilkit.engine.build:build_run", True),
+    ("training (main and stages)", "cilkit.engine.loop:run_loop", True),
+    ("  the teacher's forward", "cilkit.backbones.network:Frozen.forward", False),
+    ("evaluation", "cilkit.engine.trainer:Trainer._evaluate", True),
+    ("exemplar selection", "cilkit.learners.base:Learner.update_memory", True),
+    ("class means", "cilkit.learners.base:Learner.update_class_means", True),
+    ("checkpoints", "cilkit.engine.checkpointing:write_checkpoint", True),
+    ("plots", "cilkit.engine.report:write_plots", True),
+)
+
+
+def _timed(fn, totals: dict[str, float], label: str):
+    depth = [0]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        depth[0] += 1
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+            if depth[0] == 0:  # a recursive call is counted once
+                totals[label] += time.perf_counter() - started
+
+    return wrapper
+
+
+def _instrument(totals: dict[str, float]) -> None:
+    """Wrap every part where it is defined and wherever a cilkit module imported it by name."""
+    for label, target, _ in PARTS:
+        module_name, _, name = target.partition(":")
+        owner = importlib.import_module(module_name)
+        *path, attr = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, attr)
+        wrapped = _timed(original, totals, label)
+        setattr(owner, attr, wrapped)
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("cilkit") and not path:
+                for key, value in list(vars(module).items()):
+                    if value is original:
+                        setattr(module, key, wrapped)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE, as for cilkit run")
+    p.add_argument("--out", help="run directory (default: a temporary one)")
+    p.add_argument("--json", help="also write the numbers here")
+    args = p.parse_args()
+
+    from cilkit.config import load_config
+    from cilkit.engine.trainer import Trainer
+
+    cfg = load_config(args.config, ["engine.progress=none", *args.overrides])
+    out = Path(args.out or tempfile.mkdtemp(prefix="cilkit-profile-"))
+    import cilkit.engine.trainer  # noqa: F401  (every module that imports a part, loaded first)
+
+    totals = {label: 0.0 for label, _, _ in PARTS}
+    _instrument(totals)
+    started = time.perf_counter()
+    summary = Trainer(cfg, out, log=None).fit()
+    wall = time.perf_counter() - started
+    rows = [(label, totals[label], top) for label, _, top in PARTS]
+    other = wall - sum(t for _, t, top in rows if top)
+    print(f"{cfg.name}: {cfg.learner.name}, run directory {out}")
+    print(f"{'part':36s} {'seconds':>9s} {'share':>7s}")
+    for label, t, _ in [*rows, ("other", other, True)]:
+        print(f"{label:36s} {t:9.1f} {100 * t / wall:6.1f}%")
+    print(f"{'whole run':36s} {wall:9.1f} {100.0:6.1f}%")
+    acc = summary.get("avg_incremental_accuracy")
+    print(f"average incremental accuracy (CNN): {acc}; torch threads {_threads()}")
+    if args.json:
+        data = {label.strip(): t for label, t, _ in rows} | {"other": other, "wall": wall}
+        Path(args.json).write_text(json.dumps(data, indent=2))
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    main()
