@@ -65,8 +65,10 @@ def _instrument(totals: dict[str, float]) -> None:
         original = getattr(owner, attr)
         wrapped = _timed(original, totals, label)
         setattr(owner, attr, wrapped)
+        if path:  # a method: callers reach it through its class
+            continue
         for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith("cilkit") and not path:
+            if getattr(module, "__name__", "").startswith("cilkit"):
                 for key, value in list(vars(module).items()):
                     if value is original:
                         setattr(module, key, wrapped)

@@ -39,7 +39,7 @@ STAGE_EPOCHS = {
 """The option holding a learner's own stage epochs (set to the protocol's epochs per task).
 BiC is not in it: its bias correction trains two numbers on a tenth of the memory and needs its
 own schedule (with 3 epochs at lr 0.1 its alpha went negative on CIFAR-10; docs/REPRODUCIBILITY.md,
-"The zoo on real data"); it costs about two main-training epochs a task."""
+"The zoo on real data"); it costs about one main-training epoch a task (measured there)."""
 
 SHORT_SCHEDULE = {"lucir": ["backbone.cosine_scale=10"]}
 """Adaptations to a few epochs per task, each measured: LUCIR's learned scale, started at the

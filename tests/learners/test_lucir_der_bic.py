@@ -114,18 +114,20 @@ def test_der_adds_a_frozen_extractor_per_task(tmp_path):
         assert torch.equal(value, old[key]), key
 
 
-def test_lucir_warns_when_its_learned_scale_inverts_the_classifier(tmp_path, caplog):
-    from cilkit.components.classifier import warn_if_scale_inverted
-
-    network = _after_task("lucir", tmp_path).learner.network
-    features = torch.randn(6, network.head.in_features)
-    assert not warn_if_scale_inverted(network, 1)
-    ranks = network.head(features).argsort(dim=1)
-    with torch.no_grad():
-        network.head.sigma.fill_(-1.5)
-    assert (network.head(features).argsort(dim=1) == ranks.flip(1)).all()  # inverted
+def test_a_learned_scale_that_inverts_the_classifier_is_warned_of_after_the_task(tmp_path, caplog):
+    parts = _after_task("lucir", tmp_path)
+    learner = parts.learner
+    ctx = _next_task(parts, 1)
+    features = torch.randn(6, learner.network.head.in_features)
+    ranks = learner.network.head(features).argsort(dim=1)
     with caplog.at_level("WARNING", logger="cilkit"):
-        assert warn_if_scale_inverted(network, 1)
+        learner.after_task(ctx)
+    assert "sigma" not in caplog.text
+    with torch.no_grad():
+        learner.network.head.sigma.fill_(-1.5)
+    assert (learner.network.head(features).argsort(dim=1) == ranks.flip(1)).all()  # inverted
+    with caplog.at_level("WARNING", logger="cilkit"):
+        learner.after_task(ctx)  # the base learner's after_task checks any learned scale
     assert "task 1" in caplog.text and "-1.5" in caplog.text and "cosine_scale" in caplog.text
 
 

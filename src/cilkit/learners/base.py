@@ -40,6 +40,7 @@ from torch import nn
 from cilkit.backbones import Backbone, Frozen, IncrementalNet
 from cilkit.buffers.memory import ExemplarMemory
 from cilkit.buffers.selection import class_means, nme_logits
+from cilkit.components.classifier import warn_if_scale_inverted
 from cilkit.components.rebalance import TwoStageRebalance
 from cilkit.config.schema import LearnerConfig, MemoryConfig
 from cilkit.contract import Batch, Parameters, StageTime, StepOutput, TaskContext, TrainingStage
@@ -151,7 +152,9 @@ class Learner(nn.Module):
         return [self.rebalancer.stage(self.network, ctx)]
 
     def after_task(self, ctx: TaskContext) -> None:
-        """Keep the old network if asked; update the exemplar memory and class means."""
+        """Warn if the head's learned scale inverted it; keep the old network if asked; update
+        the exemplar memory and class means."""
+        warn_if_scale_inverted(self.network, ctx.info.task_id)
         if self.keeps_old_network:
             self.old_network = self.network.copy_frozen()
         if self.memory is not None:

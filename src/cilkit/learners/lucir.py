@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cilkit.components.classifier import classifier_step, warn_if_scale_inverted
+from cilkit.components.classifier import classifier_step
 from cilkit.config.schema import LearnerConfig, OptimConfig
 from cilkit.contract import Batch, Parameters, StageTime, StepOutput, TaskContext, TrainingStage
 from cilkit.learners.base import Learner, register_learner
@@ -92,10 +92,6 @@ class LUCIR(Learner):
             for c in ctx.info.new_classes
         ]
         head.weights[-1].copy_(torch.stack(rows).to(head.weights[-1]) * old_norm)
-
-    def after_task(self, ctx: TaskContext) -> None:
-        warn_if_scale_inverted(self.network, ctx.info.task_id)
-        super().after_task(ctx)
 
     def configure_training(self, ctx: TaskContext) -> Parameters:
         """The previous tasks' class weights stay fixed; everything else trains."""

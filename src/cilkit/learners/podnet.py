@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cilkit.components.classifier import warn_if_scale_inverted
 from cilkit.config.schema import FieldError, LearnerConfig, OptimConfig
 from cilkit.contract import Batch, Parameters, StageTime, StepOutput, TaskContext, TrainingStage
 from cilkit.learners.base import Learner, register_learner
@@ -171,10 +170,6 @@ class PODNet(Learner):
             unit = F.normalize(features(ctx.class_indices(c)), dim=1).cpu()
             rows.append(kmeans(unit, head.rows_per_class, generator))
         head.weights[-1].copy_(F.normalize(torch.cat(rows), dim=1).to(old_norm) * old_norm)
-
-    def after_task(self, ctx: TaskContext) -> None:
-        warn_if_scale_inverted(self.network, ctx.info.task_id)
-        super().after_task(ctx)
 
     def configure_training(self, ctx: TaskContext) -> Parameters:
         """The previous tasks' proxies stay fixed; the backbone, new proxies and scale train."""
