@@ -218,6 +218,30 @@ def test_nan_loss_stops_naming_task_epoch_step_and_keeps_checkpoint(tmp_path, mo
     assert summary["num_tasks"] == 3
 
 
+@pytest.mark.parametrize("ending", ["finished", "stopped", "failed"])
+def test_every_way_out_of_a_run_leaves_the_process_group(ending, tmp_path, monkeypatch):
+    """A torchrun process that exits while still in its gloo group aborts ("terminate called
+    without an active exception") and torchrun calls the run failed: ``fit`` closes the group
+    whether the run finished, stopped after a task or raised."""
+    from cilkit.engine.distributed import Distributed
+
+    closed = []
+    monkeypatch.setattr(Distributed, "close", lambda self: closed.append(True))
+    if ending == "failed":
+
+        def broken(self, *args, **kwargs):
+            raise RuntimeError("broken evaluation")
+
+        monkeypatch.setattr(Trainer, "_evaluate", broken)
+    trainer = Trainer(tiny("finetune", "train.epochs=1"), tmp_path, log=None)
+    if ending == "failed":
+        with pytest.raises(RuntimeError, match="broken evaluation"):
+            trainer.fit()
+    else:
+        trainer.fit(stop_after_task=0 if ending == "stopped" else None)
+    assert closed == [True]
+
+
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     cfg = tiny("finetune")
     import cilkit.results.io as io

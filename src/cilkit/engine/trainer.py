@@ -130,6 +130,10 @@ class Trainer:
             raise
         finally:
             self.logger.close()
+            # Every way out (finished, --stop-after-task, an error) leaves the process group:
+            # a process that exits inside one aborts in gloo's threads ("terminate called
+            # without an active exception") and torchrun reports the run as failed.
+            dist.close()
         if dist.rank == 0:
             stopped = f"stopped after task {stop_after_task}" if summary is None else None
             write_end(self.run.path, "interrupted" if stopped else "finished", stopped, started)
@@ -202,7 +206,6 @@ class Trainer:
             self.run.write_summary(summary)
             write_plots(self.run, cfg, run.records, summary)
         self._print(summary_text(summary))
-        dist.close()
         return summary
 
     # ---- one task --------------------------------------------------------------------------------
