@@ -180,6 +180,41 @@ def test_icarl_nme_classifier_is_reported(two_task_runs):
     assert s["nme_last_accuracy"] > 70
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_herding_and_class_means_share_one_feature_pass(tmp_path, monkeypatch, flip):
+    """After a task, herding extracts the new classes' images and the class means reuse the
+    new exemplars' features: only the old exemplars (under the new weights) and, when the
+    augmentation flips, every exemplar's flip are extracted again."""
+    from cilkit.engine.data import DeviceSplit
+    from cilkit.learners.base import Learner
+
+    extracted = {False: 0, True: 0}
+    embed, after_task = DeviceSplit.embed, Learner.after_task
+    expected: list[tuple[int, int]] = []
+    seen: list[tuple[int, int]] = []
+
+    def counting_embed(self, indices, fn, batch_size=512, flip=False):
+        extracted[flip] += len(indices)
+        return embed(self, indices, fn, batch_size, flip)
+
+    def watched_after_task(self, ctx):
+        extracted[False] = extracted[True] = 0
+        new = sum(len(ctx.class_indices(c)) for c in ctx.info.new_classes)
+        after_task(self, ctx)
+        counts = self.memory.counts()
+        old = sum(n for c, n in counts.items() if c < self.num_old_classes)
+        flips = len(self.memory) if ctx.train.transform.preset.flip else 0
+        expected.append((new + old, flips))
+        seen.append((extracted[False], extracted[True]))
+
+    monkeypatch.setattr(DeviceSplit, "embed", counting_embed)
+    monkeypatch.setattr(Learner, "after_task", watched_after_task)
+    preset = ["data.augment.flip=true"] if flip else ["data.augment.flip=false"]
+    Trainer(tiny("icarl", "train.epochs=1", *preset), tmp_path, log=None).fit()
+    assert seen == expected
+    assert all(f > 0 for _, f in seen) == flip
+
+
 def test_align_weights_equalises_mean_norms():
     head = ExpandableLinear(16)
     head.expand(6)

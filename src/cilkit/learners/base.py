@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from cilkit.backbones import Backbone, Frozen, IncrementalNet
+from cilkit.buffers.features import FeatureCache
 from cilkit.buffers.memory import ExemplarMemory
 from cilkit.buffers.selection import class_means, nme_logits
 from cilkit.components.classifier import warn_if_scale_inverted
@@ -93,6 +94,7 @@ class Learner(nn.Module):
         self.memory = ExemplarMemory(memory_cfg) if memory_cfg.enabled else None
         self.old_network: Frozen | None = None
         self.register_buffer("class_means", torch.zeros(0, network.feature_dim))
+        self.feature_cache = FeatureCache()  # not state: recomputed whenever the weights change
         self.num_old_classes = 0
         self.num_seen_classes = 0
 
@@ -238,14 +240,21 @@ class Learner(nn.Module):
         return StepOutput(a * ce + b * kd, {"ce": ce.detach(), "kd": kd.detach()}, logits)
 
     def features_fn(self, ctx: TaskContext, flip: bool = False):
-        """Feature extractor over training-split positions, in eval mode."""
+        """Feature extractor over training-split positions, in eval mode. Herding, the class
+        means and a method's own uses share one pass: an image's features are computed once
+        while the extractor's weights stay the same (:class:`~cilkit.buffers.features.FeatureCache`)."""
 
         def fn(indices: torch.Tensor) -> torch.Tensor:
             was_training = self.network.training
             self.network.eval()
             try:
-                return ctx.train.embed(
-                    indices, self.network.forward_features, ctx.batch_size, flip=flip
+                return self.feature_cache.get(
+                    ctx.train,
+                    self.network,
+                    self.network.forward_features,
+                    indices,
+                    ctx.batch_size,
+                    flip=flip,
                 )
             finally:
                 self.network.train(was_training)
