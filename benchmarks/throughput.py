@@ -17,6 +17,9 @@ the memory layout / precision each toolbox uses) differs:
   in the default contiguous layout, fp32.
 * ``cilkit-nchw`` (optional, ``--variants``): cilkit's data path with a contiguous model and
   contiguous batches, to tell the data path's share from the memory layout's.
+* ``cilkit-compiled`` (optional): ``cilkit`` with the backbone compiled as ``engine.compile``
+  does (``torch.compile``, default inductor backend; the compilation runs in the warm-up, which
+  then needs a few steps more).
 
 Warm-up steps are excluded; each variant is timed for ``--steps`` steps per round, the variants
 alternate for ``--repeats`` rounds (the order is reversed every other round), and the median
@@ -71,7 +74,7 @@ DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
 JPEG_CONVERTER = "cifar10_jpeg_to_batches.py"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cilkit-bench"
-VARIANTS = ("cilkit", "pycil", "cilkit-nchw")
+VARIANTS = ("cilkit", "pycil", "cilkit-nchw", "cilkit-compiled")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -380,9 +383,11 @@ def main(argv: list[str] | None = None) -> dict:
             path = f"PIL + torchvision per image, DataLoader(workers={args.num_workers})"
             variants.append(Variant(name, path, "contiguous", "fp32", stream, model, opt, None, []))
         else:
-            cl = name == "cilkit"
+            cl = name != "cilkit-nchw"
             stream = cilkit_stream(data, device, args.batch_size, args.seed, cl)
             model, opt = build_model(num_classes, device, cl, args.seed)
+            if name == "cilkit-compiled":
+                model.backbone.compile()  # as engine.compile: in place
             path = f"DeviceSplit.train_batches (uint8 on {where}, batched aug)"
             layout = "channels_last" if cl else "contiguous"
             prec = "bf16 autocast" if amp is not None else "fp32"

@@ -132,7 +132,16 @@ def split_backbone(backbone: Backbone, at: int) -> tuple[SharedBlocks, Specialis
     modules."""
     if not 0 < at < len(backbone.stages):
         raise ValueError(f"cannot split a backbone of {len(backbone.stages)} stages at {at}")
-    return SharedBlocks(backbone, at), SpecialisedBlocks(backbone, at)
+    parts = SharedBlocks(backbone, at), SpecialisedBlocks(backbone, at)
+    if is_compiled(backbone):  # the parts run instead of it: compile them (engine.compile)
+        for part in parts:
+            part.compile()
+    return parts
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``module.compile()`` was called (``engine.compile``)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
 
 
 class BranchedNet(IncrementalNet):

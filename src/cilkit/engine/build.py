@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from cilkit.backbones import create_backbone, create_network
+from cilkit.backbones import Backbone, create_backbone, create_network
 from cilkit.backbones.weights import WeightsError, load_network_weights
 from cilkit.config import ExperimentConfig
 from cilkit.config.source import ConfigSource
@@ -116,11 +117,21 @@ def build_run(
             )
         except WeightsError as err:
             raise source.error("backbone.weights", str(err)) from None
-    if cfg.engine.compile:
-        network.backbone.compile()  # in place: parameter names (and checkpoints) unchanged
     build_backbone = functools.partial(create_backbone, cfg.backbone, channels)
+    if cfg.engine.compile:
+        # In place, so parameter names (and checkpoints) are unchanged. Every extractor a
+        # method builds later (DER's and MEMO's branches, FOSTER's student) comes from
+        # build_backbone and is compiled too; MEMO's split keeps both parts compiled.
+        network.backbone.compile()
+        build_backbone = functools.partial(_compiled_backbone, build_backbone)
     learner = create_learner(cfg.learner, network, cfg.memory, build_backbone)
     return RunParts(dataset, train_scn, test_scn, train, test, learner, device)
+
+
+def _compiled_backbone(build: Callable[[], Backbone]) -> Backbone:
+    backbone = build()
+    backbone.compile()
+    return backbone
 
 
 def to_device(learner: Learner, device: torch.device, channels_last: bool) -> None:
