@@ -41,6 +41,17 @@ def test_override_can_switch_learner_by_name():
     assert cfg.learner.name == "wa"
 
 
+def test_a_choice_spelled_as_a_yaml_boolean_is_the_word(tmp_path):
+    """YAML 1.1 reads ``off`` as False: ``engine.amp=off`` (or ``amp: off`` in a file) is the
+    choice ``off``, and a boolean where no such word is a choice is still refused."""
+    assert build_config({}, ["engine.amp=off"]).engine.amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("engine:\n  amp: off\n")
+    assert load_config(path).engine.amp == "off"
+    with pytest.raises(ConfigError, match="engine.progress=off: False is not one of"):
+        build_config({}, ["engine.progress=off"])
+
+
 def test_round_trip_through_yaml(tmp_path):
     cfg = build_config({"learner": {"name": "wa"}, "memory": {"memory_size": 2000}})
     path = tmp_path / "c.yaml"

@@ -86,12 +86,16 @@ def _coerce(value: Any, tp: Any, key: str, src: ConfigSource) -> Any:
                 continue
         raise _Mismatch
     if origin is Literal:
-        if value in typing.get_args(tp):
+        options = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads off/no/on/yes as booleans: `amp: off`
+            spelled = ("off", "no", "false") if not value else ("on", "yes", "true")
+            value = next((w for w in spelled if w in options), value)
+        if value in options:
             return value
         raise src.error(
             key,
             f"{value!r} is not one of {_type_name(tp)}"
-            f"{did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])}",
+            f"{did_you_mean(str(value), [str(a) for a in options])}",
         )
     if origin is tuple:
         if not isinstance(value, Sequence) or isinstance(value, str):
