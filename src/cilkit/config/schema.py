@@ -333,7 +333,8 @@ class EngineConfig:
     deterministic: bool = True
     """Deterministic algorithms (bit-identical CPU runs for a seed)."""
     compile: bool = False
-    """torch.compile the backbone (pays on long GPU runs)."""
+    """torch.compile every feature extractor, those a method adds later included (pays on long
+    GPU runs; the first batches of a run, and of its first evaluation, wait for compilation)."""
     progress: Literal["tqdm", "rich", "none"] = "tqdm"
     tensorboard: bool = True
     """Also log to TensorBoard when it is installed."""
