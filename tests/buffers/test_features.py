@@ -77,3 +77,8 @@ def test_any_change_of_the_extractor_starts_over_and_the_head_does_not():
     other = _split()  # another split: its own positions
     cache.get(split=other, network=net, fn=net.forward_features, indices=idx, batch_size=8)
     assert cache.computed == expected_computed + 10
+    cache.get(other, net, net.forward_features, idx, 8)  # a new bound method, the same function
+    assert cache.computed == expected_computed + 10
+    doubled = cache.get(other, net, lambda x: 2 * net.forward_features(x), idx, 8)  # another one
+    assert cache.computed == expected_computed + 20
+    torch.testing.assert_close(doubled, 2 * split.embed(idx, net.forward_features, 8))

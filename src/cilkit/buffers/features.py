@@ -62,17 +62,18 @@ class FeatureCache:
     """Features of samples of one split, by dataset position, for one state of the extractor.
 
     ``get`` returns the features of ``indices`` (in their order), computing only those not
-    computed before under the same split, flip and extractor values.
+    computed before under the same split, extractor function, flip and extractor values.
     """
 
     def __init__(self) -> None:
         self._split: DeviceSplit | None = None
+        self._fn: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._key: tuple[tuple, torch.Tensor] | None = None
         self._rows: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}  # flip -> (slot, feats)
         self.computed = 0  # samples whose features were computed (tests and profiles read it)
 
     def clear(self) -> None:
-        self._split, self._key, self._rows = None, None, {}
+        self._split, self._fn, self._key, self._rows = None, None, None, {}
 
     def get(
         self,
@@ -95,8 +96,9 @@ class FeatureCache:
             flip: features of the horizontally flipped images.
         """
         key = fingerprint(extractor_tensors(network))
-        if self._split is not split or not _same(self._key, key):
-            self._split, self._key, self._rows = split, key, {}
+        # a bound method is a new object at every access: compare with ==, not is
+        if self._split is not split or self._fn != fn or not _same(self._key, key):
+            self._split, self._fn, self._key, self._rows = split, fn, key, {}
         positions = indices.detach().to("cpu", torch.long).reshape(-1)
         slot, feats = self._rows.get(flip, (None, None))
         if slot is None:
