@@ -21,19 +21,16 @@ def run(name: str, epochs: int, extra: list[str]) -> str:
     from cilkit.engine.trainer import Trainer
     from cilkit.learners import LEARNERS
 
-    data = {
-        "seed": 0,
-        "data": {"name": "digits"},
-        "scenario": {"initial_increment": 2, "increment": 2},
-        "backbone": {"name": "convnet4", "hidden": 32},
-        "learner": {"name": name},
-        "optim": {"lr": 0.05, "scheduler": "constant", "weight_decay": 0.0},
-        "train": {"epochs": epochs, "batch_size": 64},
-        "engine": {"progress": "none", "num_threads": 1},
-        "memory": {"memory_size": 200},
-    }
     selection = LEARNERS.get(name).obj.memory_selection  # DER++'s reservoir
-    cfg = build_config(data, [*([f"memory.selection={selection}"] if selection else []), *extra])
+    protocol = (
+        "seed=0 data.name=digits scenario.initial_increment=2 scenario.increment=2 "
+        "backbone.name=convnet4 backbone.hidden=32 optim.lr=0.05 optim.scheduler=constant "
+        "optim.weight_decay=0.0 train.batch_size=64 engine.progress=none engine.num_threads=1 "
+        "memory.memory_size=200"
+    ).split()
+    protocol += [f"learner.name={name}", f"train.epochs={epochs}"]
+    protocol += [f"memory.selection={selection}"] if selection else []
+    cfg = build_config({}, [*protocol, *extra])
     with tempfile.TemporaryDirectory() as out:
         s = Trainer(cfg, out, log=None).fit()
         last = json.loads((Path(out) / "metrics.jsonl").read_text().splitlines()[-1])
