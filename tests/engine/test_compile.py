@@ -12,7 +12,7 @@ import torch
 from fast_options import fast_overrides
 from torch import nn
 
-from cilkit.backbones.network import Frozen, is_compiled
+from cilkit.backbones.network import _unwrap, is_compiled
 from cilkit.config import build_config
 from cilkit.engine.trainer import Trainer
 from cilkit.learners import LEARNERS, Learner
@@ -20,13 +20,12 @@ from cilkit.learners import LEARNERS, Learner
 
 def _extractors(network: nn.Module) -> dict[str, nn.Module]:
     """The modules ``forward_features`` runs: the backbone, or the trunk and every branch."""
-    unwrap = lambda m: m.module if isinstance(m, Frozen) else m  # noqa: E731
     if hasattr(network, "branches"):
-        out = {f"branches.{i}": unwrap(b) for i, b in enumerate(network.branches)}
-        if not isinstance(unwrap(network.trunk), nn.Identity):
-            out["trunk"] = unwrap(network.trunk)
+        out = {f"branches.{i}": _unwrap(b) for i, b in enumerate(network.branches)}
+        if not isinstance(_unwrap(network.trunk), nn.Identity):
+            out["trunk"] = _unwrap(network.trunk)
         return out
-    return {"backbone": unwrap(network.backbone)}
+    return {"backbone": _unwrap(network.backbone)}
 
 
 @pytest.mark.parametrize("name", ["icarl", "der", "memo", "foster"])

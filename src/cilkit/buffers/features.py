@@ -72,9 +72,6 @@ class FeatureCache:
         self._rows: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}  # flip -> (slot, feats)
         self.computed = 0  # samples whose features were computed (tests and profiles read it)
 
-    def clear(self) -> None:
-        self._split, self._fn, self._key, self._rows = None, None, None, {}
-
     def get(
         self,
         split: DeviceSplit,

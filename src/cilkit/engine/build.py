@@ -120,8 +120,8 @@ def build_run(
     build_backbone = functools.partial(create_backbone, cfg.backbone, channels)
     if cfg.engine.compile:
         # In place, so parameter names (and checkpoints) are unchanged. Every extractor a
-        # method builds later (DER's and MEMO's branches, FOSTER's student) comes from
-        # build_backbone and is compiled too; MEMO's split keeps both parts compiled.
+        # method builds later (added branches, a distilled student) comes from
+        # build_backbone and is compiled too; split_backbone keeps both parts compiled.
         network.backbone.compile()
         build_backbone = functools.partial(_compiled_backbone, build_backbone)
     learner = create_learner(cfg.learner, network, cfg.memory, build_backbone)
