@@ -3,7 +3,10 @@
 Every comparison the documentation draws a conclusion from is measured this way: one run per
 (variant, seed), each a plain ``cilkit run`` into ``OUT/<variant>/seed-<S>/``, then the mean, the
 sample standard deviation and every seed's value of the chosen summary metrics. Runs whose
-``summary.json`` exists are not repeated, so an interrupted sweep continues where it stopped.
+``summary.json`` exists are not repeated, and a run that was stopped or killed part-way (a
+session ended, Ctrl-C) continues with ``cilkit run --resume`` from its last finished task, when
+it was started by the same command (``seeds-command.json`` in its folder says which); otherwise
+it starts over.
 
     python benchmarks/seeds.py --out runs/seeds/lt \\
         --variant ce=configs/lt/fashion_mnist_lt100_ce.yaml \\
@@ -46,18 +49,32 @@ def _run(
     run_dir = out / name / f"seed-{seed}"
     if (run_dir / "summary.json").exists():
         return name, seed, None
-    cmd = [sys.executable, "-m", "cilkit", "run", "--quiet", "--out", str(run_dir), "--overwrite"]
-    if config:
-        cmd += ["-c", config]
-    cmd += [f"seed={seed}", "engine.num_threads=1", *overrides]
+    cmd = [sys.executable, "-m", "cilkit", "run", "--quiet"]
+    run_args = ["-c", config] if config else []
+    run_args += [f"seed={seed}", "engine.num_threads=1", *overrides]
+    stamp = run_dir / "seeds-command.json"
+    if (run_dir / "config.yaml").exists() and _read_json(stamp) == run_args:
+        cmd += ["--resume", str(run_dir)]  # the same run, interrupted: continue it
+    else:
+        cmd += ["--out", str(run_dir), "--overwrite", *run_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if src:
         env["PYTHONPATH"] = str(Path(src).resolve())
     start = time.perf_counter()
+    if "--resume" not in cmd:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(run_args))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return name, seed, time.perf_counter() - start
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _value(summary: dict, key: str) -> float | None:
