@@ -306,9 +306,17 @@ class TrainConfig:
     """Decoding workers for image folders that are not held in memory."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Epoch sampling (``cilkit list samplers``): instance, class_balanced, sqrt, ..."""
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """How every learning rate of the run (main training and every stage's) follows the batch
+    size: ``linear`` multiplies it by ``batch_size / lr_base_batch_size`` (Goyal et al., 2017;
+    pair it with ``optim.warmup_epochs``), ``sqrt`` by the square root of that ratio (Krizhevsky,
+    2014; Hoffer et al., 2017), ``none`` leaves the config's values."""
+    lr_base_batch_size: int = 128
+    """The batch size the config's learning rates were chosen for (the published recipes')."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "epochs", "must be >= 0")
+        _check(self.lr_base_batch_size >= 1, "lr_base_batch_size", "must be >= 1")
         _check(self.init_epochs is None or self.init_epochs >= 0, "init_epochs", "must be >= 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
         _check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
@@ -319,6 +327,11 @@ class TrainConfig:
         if task_id == 0 and self.init_epochs is not None:
             return self.init_epochs
         return self.epochs
+
+    def lr_multiplier(self) -> float:
+        """The factor ``lr_scaling`` applies to every learning rate at this batch size."""
+        ratio = self.batch_size / self.lr_base_batch_size
+        return {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ def run_loop(
             needs (the engine's checkpoint policy decides whether to write one).
     """
     cfg, learner, device, dist = run.cfg, run.learner, run.device, run.dist
-    optimizer = build_optimizer(loop.params, loop.optim, loop.phase.task_id)
+    lr_multiplier = cfg.train.lr_multiplier()  # every phase steps on train.batch_size
+    optimizer = build_optimizer(loop.params, loop.optim, loop.phase.task_id, lr_multiplier)
     scheduler = build_scheduler(optimizer, loop.optim, loop.phase.task_id, loop.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp == torch.float16)
     start_epoch, mean_loss, seconds = 0, None, 0.0

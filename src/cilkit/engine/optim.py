@@ -17,14 +17,19 @@ rate and weight decay are the optimiser config's times these factors (default 1)
 
 
 def param_groups(
-    params: Sequence[nn.Parameter | ParamGroup], cfg: OptimConfig, task_id: int
+    params: Sequence[nn.Parameter | ParamGroup],
+    cfg: OptimConfig,
+    task_id: int,
+    lr_multiplier: float = 1.0,
 ) -> list[dict[str, Any]]:
     """torch parameter groups with the task's learning rate and weight decay applied.
 
     ``params`` holds parameters (the config's values) and :data:`ParamGroup` dicts (scaled
-    values); parameters given bare form one group.
+    values); parameters given bare form one group. Every learning rate is multiplied by
+    ``lr_multiplier`` (the batch-size rule, ``train.lr_scaling``).
     """
     lr, weight_decay, _ = cfg.for_task(task_id)
+    lr *= lr_multiplier
     bare = [p for p in params if isinstance(p, nn.Parameter)]
     groups = [{"params": bare}] if bare else []
     groups += [dict(g) for g in params if not isinstance(g, nn.Parameter)]
@@ -44,7 +49,10 @@ def param_groups(
 
 
 def build_optimizer(
-    params: Sequence[nn.Parameter | ParamGroup], cfg: OptimConfig, task_id: int
+    params: Sequence[nn.Parameter | ParamGroup],
+    cfg: OptimConfig,
+    task_id: int,
+    lr_multiplier: float = 1.0,
 ) -> torch.optim.Optimizer:
     """The task's optimiser (first-task ``init_*`` values apply to task 0).
 
@@ -53,8 +61,9 @@ def build_optimizer(
             weight decay differ by a factor.
         cfg: optimiser config.
         task_id: the task (0 uses the ``init_*`` values).
+        lr_multiplier: factor on every learning rate (``TrainConfig.lr_multiplier``).
     """
-    groups = param_groups(params, cfg, task_id)
+    groups = param_groups(params, cfg, task_id, lr_multiplier)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adam":
