@@ -253,3 +253,22 @@ def test_contract_types_and_registries_import_on_their_own():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_a_checkpoint_loads_onto_the_learners_device(name, full_run):
+    """Checkpoint tensors are read on the CPU; whatever a fresh learner grows while loading
+    them (heads, branches, per-task parameters) must land on the learner's device, or a run
+    resumed on a GPU fails at its first step. The meta device stands in for a GPU here."""
+    from cilkit.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    run_dir = full_run(name).dir
+    state = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["learner"]
+    learner = Trainer(tiny(name), run_dir, log=None).setup().learner.to("meta")
+    learner.load_state_dict(state)
+    elsewhere = [
+        key
+        for key, value in [*learner.named_parameters(), *learner.named_buffers()]
+        if value.device.type != "meta"
+    ]
+    assert not elsewhere, f"left on another device: {elsewhere}"

@@ -297,7 +297,9 @@ class Learner(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load a checkpoint into a fresh learner: the old network is created and buffers that
         grow across tasks (class means) are resized first; heads and branched networks resize
-        themselves."""
+        themselves. Whatever loading grows ends on the learner's device (the network's), not on
+        the CPU where checkpoints are read."""
+        device = next(self.network.parameters()).device
         if self.old_network is None and any(k.startswith("old_network.") for k in state_dict):
             self.old_network = self.network.copy_frozen()
         for name, buf in list(self.named_buffers()):
@@ -306,7 +308,9 @@ class Learner(nn.Module):
                 owner_name, _, attr = name.rpartition(".")
                 owner = self.get_submodule(owner_name) if owner_name else self
                 setattr(owner, attr, torch.empty_like(stored, device=buf.device))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.to(device)  # e.g. BiC's per-task pairs, EWC's anchors: built from the CPU tensors
+        return result
 
     def set_extra_state(self, state: dict) -> None:
         self.num_old_classes = int(state["num_old_classes"])
