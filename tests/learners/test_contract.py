@@ -272,3 +272,16 @@ def test_a_checkpoint_loads_onto_the_learners_device(name, full_run):
         if value.device.type != "meta"
     ]
     assert not elsewhere, f"left on another device: {elsewhere}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (a lent GPU machine)")
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_every_learner_stops_resumes_and_finishes_on_cuda(name, tmp_path):
+    """What the CPU suite cannot see: random draws from the engine's augmentation generator,
+    which lives on the training device (DER++'s replay and reservoir, MiSLAS's mixup), and a
+    checkpoint read from the CPU into a learner on the GPU. Run where a GPU is lent:
+    ``pytest tests/learners/test_contract.py -k cuda``."""
+    cfg = tiny(name, "engine.device=cuda")
+    assert Trainer(cfg, tmp_path, log=None).fit(stop_after_task=0) is None
+    summary = Trainer(cfg, tmp_path, log=None).fit(resume=True)
+    assert summary["classifiers"][0] == "cnn" and summary["avg_incremental_accuracy"] > 0

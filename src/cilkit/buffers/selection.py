@@ -208,7 +208,9 @@ def reservoir_slots(
     late = stream_pos >= capacity
     if late.any():
         pos = stream_pos[late]
-        u = torch.rand(pos.numel(), generator=generator, dtype=torch.float64)
+        device = generator.device if generator is not None else None  # the training device's
+        u = torch.rand(pos.numel(), generator=generator, dtype=torch.float64, device=device)
+        u = u.cpu()
         drawn = torch.minimum((u * (pos + 1).to(torch.float64)).long(), pos)
         drawn[drawn >= capacity] = -1
         slots[late] = drawn

@@ -23,7 +23,7 @@ def mixup(
         x: the batch of inputs.
         y: their labels.
         alpha: Beta concentration, > 0 (1 = lam uniform on [0, 1]).
-        generator: the CPU generator to draw ``lam`` and the pairing from.
+        generator: the generator to draw ``lam`` and the pairing from (on any device).
 
     Returns:
         The mixed inputs, ``y``, ``y[perm]`` and ``lam``.
@@ -31,9 +31,11 @@ def mixup(
     if alpha <= 0:
         raise ValueError(f"mixup alpha must be > 0, got {alpha}")
     # torch's Beta sampler takes no generator: seed a numpy one from the torch generator.
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    # the engine's augmentation generator lives on the training device: draw there
+    device = generator.device if generator is not None else torch.device("cpu")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    perm = torch.randperm(len(x), generator=generator, device=device).to(x.device)
     mixed = lam * x + (1.0 - lam) * x[perm]
     return mixed, y, y[perm.to(y.device)], lam
 

@@ -130,7 +130,8 @@ class DERPP(Learner):
             wanted = self.cfg.minibatch_size // self._split.world_size or len(batch.y)
             m = min(max(wanted, 1), stored)
             for key in ("mse", "ce"):
-                slots = torch.randperm(stored, generator=generator)[:m]
+                slots = torch.randperm(stored, generator=generator, device=generator.device)
+                slots = slots[:m].cpu()  # positions in the host-side reservoir
                 replay = self._split.augmented(self.buffer.indices()[slots], generator)
                 batch.extra[key] = (replay, slots)
         batch.extra["slots"] = reservoir_slots(
