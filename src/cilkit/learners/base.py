@@ -216,7 +216,8 @@ class Learner(nn.Module):
         per-class counts (long-tail losses) stay aligned with every seen class."""
         if not self.num_old_classes:
             return logits
-        return logits.float().index_fill(1, torch.arange(self.num_old_classes), _MASKED)
+        old = torch.arange(self.num_old_classes, device=logits.device)  # CUDA wants it there
+        return logits.float().index_fill(1, old, _MASKED)
 
     def classification_with_kd(
         self,
