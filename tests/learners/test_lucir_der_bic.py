@@ -153,9 +153,9 @@ def test_bic_bias_stage_changes_only_alpha_and_beta_and_old_logits_stay(tmp_path
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"bias.alphas.1", "bias.betas.1"}
     # the correction of task 1 acts on task 1's classes only
-    from cilkit.learners.bic import BiasCorrection
+    from cilkit.components.calibration import TaskBias
 
-    bias = BiasCorrection()
+    bias = TaskBias()
     bias.add_task()
     bias.add_task()
     bias.load_state_dict({k[len("bias.") :]: v for k, v in after.items() if k.startswith("bias.")})

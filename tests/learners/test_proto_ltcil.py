@@ -11,17 +11,13 @@ import torch
 import torch.nn.functional as F
 from test_contract import tiny
 
+from cilkit.components.calibration import ClassBias
 from cilkit.config.schema import FieldError, LossConfig, RebalanceConfig
 from cilkit.contract import Batch
 from cilkit.engine.trainer import Trainer
 from cilkit.errors import ConfigError
-from cilkit.learners.proto_ltcil import (
-    ClassBias,
-    ProtoLTCIL,
-    ProtoLTCILConfig,
-    pull_loss,
-    push_loss,
-)
+from cilkit.learners.proto_ltcil import ProtoLTCIL, ProtoLTCILConfig
+from cilkit.losses.prototype import pull_loss, push_loss
 
 # ---- the terms on hand-made prototypes --------------------------------------------------------
 

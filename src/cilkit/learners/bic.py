@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from cilkit.components.calibration import TaskBias
 from cilkit.config.schema import LearnerConfig, OptimConfig
 from cilkit.contract import Batch, StageTime, StepOutput, TaskContext, TrainingStage
 from cilkit.learners.base import Learner, register_learner
@@ -32,31 +31,6 @@ class BiCConfig(LearnerConfig):
     bias_augment: bool = False
     """Augment the held-out images in the stage (the authors' code feeds them as evaluation
     does; PyCIL augments them)."""
-
-
-class BiasCorrection(nn.Module):
-    """One (alpha, beta) pair per task: the logits of that task's classes become
-    ``alpha * z + beta`` (identity until the task's bias-correction stage trains the pair)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.alphas = nn.ParameterList()
-        self.betas = nn.ParameterList()
-
-    def add_task(self) -> None:
-        device = self.alphas[0].device if len(self.alphas) else None
-        self.alphas.append(nn.Parameter(torch.ones(1, device=device)))
-        self.betas.append(nn.Parameter(torch.zeros(1, device=device)))
-
-    def forward(self, logits: torch.Tensor, slices: list[slice]) -> torch.Tensor:
-        parts = [logits[:, rows] * self.alphas[i] + self.betas[i] for i, rows in enumerate(slices)]
-        rest = logits[:, slices[-1].stop :] if slices else logits
-        return torch.cat([*parts, rest], dim=1) if parts else logits
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args) -> None:
-        while f"{prefix}alphas.{len(self.alphas)}" in state_dict:
-            self.add_task()
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 @register_learner("bic")
@@ -89,7 +63,7 @@ class BiC(Learner):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.bias = BiasCorrection()
+        self.bias = TaskBias()
         self.held_out = torch.zeros(0, dtype=torch.long)
 
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:

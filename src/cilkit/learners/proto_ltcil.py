@@ -4,16 +4,17 @@ distance distillation (the thesis code "Class_incremental_learning_in_long_tail"
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cilkit.buffers.selection import class_means
+from cilkit.components.calibration import ClassBias
 from cilkit.config.schema import FieldError, LearnerConfig, OptimConfig
 from cilkit.contract import Batch, StageTime, StepOutput, TaskContext, TrainingStage
 from cilkit.learners.base import Learner, register_learner
+from cilkit.losses.prototype import pull_loss, push_loss, squared_distances
 
 
 @dataclass(frozen=True)
@@ -54,68 +55,6 @@ class ProtoLTCILConfig(LearnerConfig):
         for key in ("temperature", "bias_lr"):
             if getattr(self, key) <= 0:
                 raise FieldError(key, "must be > 0")
-
-
-def squared_distances(x: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """``(n, c)`` squared Euclidean distances of ``(n, d)`` features to ``(c, d)`` prototypes."""
-    return (x.float()[:, None] - prototypes.float()[None]).pow(2).sum(-1)
-
-
-def _all(x: torch.Tensor) -> torch.Tensor:
-    return torch.ones(len(x), dtype=torch.bool, device=x.device)
-
-
-def pull_loss(
-    recomputed: torch.Tensor, stored: torch.Tensor, present: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean squared distance of each old prototype recomputed now to its stored position, over
-    the rows ``present`` marks (all when None); zero when none is. Fixed shapes: no host sync."""
-    present = _all(recomputed) if present is None else present
-    d = torch.where(present, (recomputed - stored).pow(2).sum(1), 0.0)
-    return d.sum() / present.sum().clamp_min(1)
-
-
-def push_loss(
-    new: torch.Tensor,
-    old: torch.Tensor,
-    temperature: float,
-    new_present: torch.Tensor | None = None,
-    old_present: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``mean_new sum_old 1 / sqrt(1 + d^2 / T)`` over the marked rows (all when None; zero
-    when none): grows, up to 1 a pair, as a new prototype nears an old one (the seed's
-    ``rsqrt(d^2 / T)`` made bounded at d = 0). Fixed shapes: no host sync."""
-    new_present = _all(new) if new_present is None else new_present
-    old_present = _all(old) if old_present is None else old_present
-    r = torch.rsqrt(1 + squared_distances(new, old) / temperature)
-    r = torch.where(new_present[:, None] & old_present[None], r, 0.0)
-    return r.sum() / new_present.sum().clamp_min(1)
-
-
-class ClassBias(nn.Module):
-    """Per-class ``alpha * d + beta`` on the distances, one (alpha, beta) vector pair per task."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.alphas = nn.ParameterList()
-        self.betas = nn.ParameterList()
-
-    def add_task(self, num_classes: int, device: torch.device | None = None) -> None:
-        self.alphas.append(nn.Parameter(torch.ones(num_classes, device=device)))
-        self.betas.append(nn.Parameter(torch.zeros(num_classes, device=device)))
-
-    def forward(self, distances: torch.Tensor, train_last: bool = False) -> torch.Tensor:
-        """The corrected distances; only the last task's pair carries gradients, if asked."""
-        n = len(self.alphas)
-        keep = [train_last and i == n - 1 for i in range(n)]
-        alpha = torch.cat([a if k else a.detach() for a, k in zip(self.alphas, keep, strict=True)])
-        beta = torch.cat([b if k else b.detach() for b, k in zip(self.betas, keep, strict=True)])
-        return distances * alpha + beta
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args) -> None:
-        while (alpha := state_dict.get(f"{prefix}alphas.{len(self.alphas)}")) is not None:
-            self.add_task(len(alpha), alpha.device)
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 @register_learner("proto_ltcil")
