@@ -143,8 +143,8 @@ def test_lws_scales_learn_at_lr_over_lr_factor(tmp_path, monkeypatch):
     seen = []
     original = loop_mod.build_optimizer
 
-    def build_optimizer(params, optim, task_id):
-        optimizer = original(params, optim, task_id)
+    def build_optimizer(params, optim, task_id, *args):
+        optimizer = original(params, optim, task_id, *args)
         seen.append(
             [(len(g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
         )
