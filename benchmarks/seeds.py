@@ -57,13 +57,12 @@ def _run(
         cmd += ["--resume", str(run_dir)]  # the same run, interrupted: continue it
     else:
         cmd += ["--out", str(run_dir), "--overwrite", *run_args]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(run_args))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if src:
         env["PYTHONPATH"] = str(Path(src).resolve())
     start = time.perf_counter()
-    if "--resume" not in cmd:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps(run_args))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")

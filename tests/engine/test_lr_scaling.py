@@ -24,10 +24,14 @@ def test_the_multiplier_follows_the_rule(rule, batch, expected):
 
 
 def test_a_bad_base_batch_or_rule_is_a_one_line_error():
-    with pytest.raises(ConfigError, match="lr_base_batch_size"):
+    with pytest.raises(ConfigError) as err:
         build_config({"train": {"lr_base_batch_size": 0}})
-    with pytest.raises(ConfigError, match="lr_scaling"):
+    assert str(err.value) == "train.lr_base_batch_size: must be >= 1"
+    with pytest.raises(ConfigError) as err:
         build_config({"train": {"lr_scaling": "quadratic"}})
+    assert str(err.value) == (
+        "train.lr_scaling: 'quadratic' is not one of 'none' | 'linear' | 'sqrt'"
+    )
 
 
 def test_main_training_and_a_learners_stage_both_get_the_scaled_rate(tmp_path):
