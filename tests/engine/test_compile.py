@@ -12,7 +12,7 @@ import torch
 from fast_options import fast_overrides
 from torch import nn
 
-from cilkit.backbones.network import _unwrap, is_compiled
+from cilkit.backbones import is_compiled, unfrozen
 from cilkit.config import build_config
 from cilkit.engine.trainer import Trainer
 from cilkit.learners import LEARNERS, Learner
@@ -21,11 +21,11 @@ from cilkit.learners import LEARNERS, Learner
 def _extractors(network: nn.Module) -> dict[str, nn.Module]:
     """The modules ``forward_features`` runs: the backbone, or the trunk and every branch."""
     if hasattr(network, "branches"):
-        out = {f"branches.{i}": _unwrap(b) for i, b in enumerate(network.branches)}
-        if not isinstance(_unwrap(network.trunk), nn.Identity):
-            out["trunk"] = _unwrap(network.trunk)
+        out = {f"branches.{i}": unfrozen(b) for i, b in enumerate(network.branches)}
+        if not isinstance(unfrozen(network.trunk), nn.Identity):
+            out["trunk"] = unfrozen(network.trunk)
         return out
-    return {"backbone": _unwrap(network.backbone)}
+    return {"backbone": unfrozen(network.backbone)}
 
 
 @pytest.mark.parametrize("name", ["icarl", "der", "memo", "foster"])

@@ -17,7 +17,14 @@ from cilkit.backbones.heads import (
     create_head,
     register_head,
 )
-from cilkit.backbones.network import BranchedNet, Frozen, IncrementalNet, create_network
+from cilkit.backbones.network import (
+    BranchedNet,
+    Frozen,
+    IncrementalNet,
+    create_network,
+    is_compiled,
+    unfrozen,
+)
 
 __all__ = [
     "BACKBONES",
@@ -34,6 +41,8 @@ __all__ = [
     "create_backbone",
     "create_head",
     "create_network",
+    "is_compiled",
     "register_backbone",
     "register_head",
+    "unfrozen",
 ]

@@ -200,7 +200,7 @@ class BranchedNet(IncrementalNet):
         """Freeze every extractor, add a new one initialised from the newest, widen the head."""
         newest = self.branches[-1]
         fresh = self._build_backbone()
-        fresh.load_state_dict(_unwrap(newest).state_dict())
+        fresh.load_state_dict(unfrozen(newest).state_dict())
         fresh.to(next(newest.parameters()).device)
         for i, branch in enumerate(self.branches):
             if not isinstance(branch, Frozen):
@@ -237,7 +237,8 @@ class BranchedNet(IncrementalNet):
         )
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unfrozen(module: nn.Module) -> nn.Module:
+    """The module itself, or the module a :class:`Frozen` wraps."""
     return module.module if isinstance(module, Frozen) else module
 
 
