@@ -25,6 +25,10 @@ Parts, in order (the time each took is printed with it):
    same data, one epoch per task.
 4. **bf16 vs fp32 accuracy**: ``configs/cifar10_cil_cpu.yaml`` (iCaRL, CIFAR-10, 5 x 2 classes)
    once with ``engine.amp=bf16`` and once with ``engine.amp=off``.
+5. **Runs sharing the GPU**: the same CIFAR-10 config as ``cilkit run`` processes (as
+   ``benchmarks/seeds.py`` starts them), one alone and then ``--concurrent`` of them at once
+   with different seeds: each run's wall time, and the throughput of the group against runs
+   one after another (``K x alone / slowest of the K``).
 
 Everything is also written to ``OUT/gpu.json`` and the run directories stay in ``OUT/runs``.
 ``--smoke`` shrinks every part to a few steps on the CPU (what the test suite runs, to keep
@@ -35,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
+import subprocess
 import sys
 import time
 import traceback
@@ -124,6 +130,43 @@ def run(name: str, out: Path, config: str | None, overrides: list[str]) -> dict:
     return {"summary": summary, "wall_s": wall, "peak_gib": peak, "overrides": overrides}
 
 
+def run_processes(out: Path, config: str, overrides: list[str], seeds) -> list[dict]:
+    """``cilkit run`` subprocesses of one config, one per seed, started together: each one's
+    wall seconds (start to exit) and its summary's training seconds."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    running = {}
+    for seed in seeds:
+        run_dir = out / f"seed-{seed}"
+        cmd = [sys.executable, "-m", "cilkit", "run", "--quiet", "-c", config, "--out"]
+        cmd += [str(run_dir), "--overwrite", f"seed={seed}", "engine.num_threads=1", *overrides]
+        cmd += ["engine.progress=none", "engine.tensorboard=false"]
+        with (out / f"seed-{seed}.stderr").open("w") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        running[seed] = (run_dir, proc, time.perf_counter())
+    ended: dict[int, float] = {}
+    while len(ended) < len(running):  # each run's own end, whatever order they finish in
+        for seed, (_, proc, start) in running.items():
+            if seed not in ended and proc.poll() is not None:
+                ended[seed] = time.perf_counter() - start
+        time.sleep(0.2)
+    results = []
+    for seed, (run_dir, proc, _) in running.items():
+        if proc.returncode != 0:
+            tail = (out / f"seed-{seed}.stderr").read_text()[-500:]
+            raise RuntimeError(f"cilkit run seed={seed} exited {proc.returncode}: {tail}")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        results.append(
+            {
+                "seed": seed,
+                "wall_s": ended[seed],
+                "train_s": summary["train_seconds"],
+                "avg_incremental_accuracy": summary["avg_incremental_accuracy"],
+            }
+        )
+    return results
+
+
 def scaled(values: list[int], fraction: float) -> str:
     return "[" + ",".join(str(max(1, round(v * fraction))) for v in values) + "]"
 
@@ -135,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", default=str(throughput.DEFAULT_CACHE / "cifar10"))
     p.add_argument("--fraction", type=float, default=0.1, help="share of iCaRL's epochs run")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything, on the CPU")
+    p.add_argument("--concurrent", type=int, default=4, help="runs sharing the GPU in part 5")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +284,22 @@ def main(argv: list[str] | None = None) -> dict:
         }
 
     part("bf16 vs fp32 on cifar10", precision)
+
+    # 5. several `cilkit run` processes on one GPU
+    def sharing() -> dict:
+        config = str(REPO / "configs/cifar10_cil_cpu.yaml")
+        alone = run_processes(out / "runs" / "alone", config, c10, [1993])
+        group = run_processes(out / "runs" / "shared", config, c10, range(1993, 1993 + k))
+        slowest = max(r["wall_s"] for r in group)
+        return {
+            "runs": k,
+            "alone": alone[0],
+            "together": group,
+            "throughput_vs_sequential": k * alone[0]["wall_s"] / slowest,
+        }
+
+    k = 2 if args.smoke else args.concurrent
+    part("runs sharing the device", sharing)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     (out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
     print_table(result)
@@ -287,6 +347,14 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
             s = parts["bf16 vs fp32 on cifar10"][amp]["summary"]
             acc = f"{s['avg_incremental_accuracy']:.2f} / {s['last_accuracy']:.2f}"
             rows.append((f"CIFAR-10 iCaRL amp={amp}: CNN avg / last %", acc))
+    if not failed("runs sharing the device"):
+        sh = parts["runs sharing the device"]
+        rows.append(("CIFAR-10 iCaRL run alone: wall s", f"{sh['alone']['wall_s']:.0f}"))
+        walls = " / ".join(f"{r['wall_s']:.0f}" for r in sh["together"])
+        rows.append((f"  {sh['runs']} runs at once: each run's wall s", walls))
+        rows.append(
+            ("  their throughput vs one after another", f"{sh['throughput_vs_sequential']:.2f}x")
+        )
     rows.append(("whole benchmark s", f"{result['total_s']:.0f}"))
     return rows
 

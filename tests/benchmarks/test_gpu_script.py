@@ -30,6 +30,7 @@ def test_the_gpu_benchmark_runs_every_part_and_writes_its_table(tmp_path):
         "icarl protocol",
         "der epoch at ten tasks",
         "bf16 vs fp32 on cifar10",
+        "runs sharing the device",
     }
     icarl = parts["icarl protocol"]
     assert icarl["extrapolated"] and icarl["fraction"] == 0.5
@@ -40,6 +41,14 @@ def test_the_gpu_benchmark_runs_every_part_and_writes_its_table(tmp_path):
     for amp in ("bf16", "off"):
         summary = parts["bf16 vs fp32 on cifar10"][amp]["summary"]
         assert summary["num_tasks"] == 2 and summary["dataset"] == "cifar10"
+    shared = parts["runs sharing the device"]
+    assert [r["seed"] for r in shared["together"]] == [1993, 1994]
+    assert shared["throughput_vs_sequential"] == pytest.approx(
+        2 * shared["alone"]["wall_s"] / max(r["wall_s"] for r in shared["together"])
+    )
+    # a subprocess run of seed 1993 reaches what the in-process amp=off run of part 4 reached
+    in_process = parts["bf16 vs fp32 on cifar10"]["off"]["summary"]["avg_incremental_accuracy"]
+    assert shared["alone"]["avg_incremental_accuracy"] == pytest.approx(in_process)
     assert "whole benchmark s" in proc.stdout
     assert "extrapolated from a fraction 0.5" in proc.stdout
 
