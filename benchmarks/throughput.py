@@ -20,6 +20,9 @@ the memory layout / precision each toolbox uses) differs:
 * ``cilkit-compiled`` (optional): ``cilkit`` with the backbone compiled as ``engine.compile``
   does (``torch.compile``, default inductor backend; the compilation runs in the warm-up, which
   then needs a few steps more).
+* ``ceiling`` (optional): the ``cilkit`` model training on one batch made once and reused, so
+  no batch is produced at all: the most any data path can reach with this model, layout and
+  precision on the machine (its ratio to ``pycil`` bounds what a faster data path can give).
 
 Warm-up steps are excluded; each variant is timed for ``--steps`` steps per round, the variants
 alternate for ``--repeats`` rounds (the order is reversed every other round), and the median
@@ -74,7 +77,7 @@ DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
 JPEG_CONVERTER = "cifar10_jpeg_to_batches.py"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cilkit-bench"
-VARIANTS = ("cilkit", "pycil", "cilkit-nchw", "cilkit-compiled")
+VARIANTS = ("cilkit", "pycil", "cilkit-nchw", "cilkit-compiled", "ceiling")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -187,6 +190,17 @@ def cilkit_stream(
                 yield batch.x, batch.y
 
     return stream
+
+
+def repeat_one(stream: Stream) -> Stream:
+    """The first batch of ``stream``, yielded forever (the ``ceiling`` variant)."""
+    x, y = next(stream())
+
+    def again() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield x, y
+
+    return again
 
 
 def pycil_stream(
@@ -395,10 +409,14 @@ def _measure(args: argparse.Namespace) -> dict:
         else:
             cl = name != "cilkit-nchw"
             stream = cilkit_stream(data, device, args.batch_size, args.seed, cl)
+            if name == "ceiling":
+                stream = repeat_one(stream)
             model, opt = build_model(num_classes, device, cl, args.seed)
             if name == "cilkit-compiled":
                 model.backbone.compile()  # as engine.compile: in place
             path = f"DeviceSplit.train_batches (uint8 on {where}, batched aug)"
+            if name == "ceiling":
+                path = "one batch, made once and reused (no data path)"
             layout = "channels_last" if cl else "contiguous"
             prec = "bf16 autocast" if amp is not None else "fp32"
             variants.append(Variant(name, path, layout, prec, stream, model, opt, amp, []))
