@@ -1,0 +1,53 @@
+"""``benchmarks/throughput.py``: every variant runs, and the ``ceiling`` variant makes no batch
+after its first (what makes it the bound of any data path)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("throughput_bench", BENCH / "throughput.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_ceiling_reuses_its_first_batch_and_every_variant_reports():
+    throughput = _load()
+    made = []
+
+    def stream():
+        while True:
+            made.append(torch.randn(2, 3))
+            yield made[-1], torch.zeros(2, dtype=torch.long)
+
+    again = throughput.repeat_one(stream)()
+    first = [next(again)[0] for _ in range(5)]
+    assert len(made) == 1 and all(x is made[0] for x in first)
+
+    threads = torch.get_num_threads()
+    result = throughput.main(
+        ["--synthetic", "--variants", ",".join(throughput.VARIANTS[:-2] + ("ceiling",))]
+        + ["--num-images", "32", "--batch-size", "8", "--steps", "1", "--warmup", "1"]
+        + ["--repeats", "1", "--num-workers", "0", "--threads", "1"]
+    )
+    assert set(result["variants"]) == {"cilkit", "pycil", "cilkit-nchw", "ceiling"}
+    assert all(v["median_images_per_s"] > 0 for v in result["variants"].values())
+    assert set(result["ratios_of_medians"]) == {
+        "cilkit/pycil",
+        "cilkit-nchw/pycil",
+        "ceiling/pycil",
+    }
+    assert torch.get_num_threads() == threads  # restored for an in-process caller
