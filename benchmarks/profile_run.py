@@ -1,7 +1,9 @@
 """Where the time of a whole ``cilkit run`` goes: training, teacher, evaluation, herding, ...
 
 Runs one experiment in this process with a wall-clock timer wrapped around each of the
-engine's and the learner's parts and prints each part's seconds and share of the whole run.
+engine's and the learner's parts and prints each part's seconds and share of the whole run,
+and its CPU seconds (the process's, every thread's): on a shared machine the wall time grows
+with other jobs' load, the CPU time much less, so the CPU shares are the ones to compare.
 The teacher's forward is inside training (indented); the top-level parts do not nest, and
 "other" is the run minus them.
 
@@ -37,24 +39,25 @@ PARTS = (
 )
 
 
-def _timed(fn, totals: dict[str, float], label: str):
+def _timed(fn, totals: dict[str, float], cpu: dict[str, float], label: str):
     depth = [0]
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         depth[0] += 1
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             depth[0] -= 1
             if depth[0] == 0:  # a recursive call is counted once
                 totals[label] += time.perf_counter() - started
+                cpu[label] += time.process_time() - cpu_started
 
     return wrapper
 
 
-def _instrument(totals: dict[str, float]) -> None:
+def _instrument(totals: dict[str, float], cpu: dict[str, float]) -> None:
     """Wrap every part where it is defined and wherever a cilkit module imported it by name."""
     for label, target, _ in PARTS:
         module_name, _, name = target.partition(":")
@@ -63,7 +66,7 @@ def _instrument(totals: dict[str, float]) -> None:
         for part in path:
             owner = getattr(owner, part)
         original = getattr(owner, attr)
-        wrapped = _timed(original, totals, label)
+        wrapped = _timed(original, totals, cpu, label)
         setattr(owner, attr, wrapped)
         if path:  # a method: callers reach it through its class
             continue
@@ -90,21 +93,38 @@ def main() -> None:
     import cilkit.engine.trainer  # noqa: F401  (every module that imports a part, loaded first)
 
     totals = {label: 0.0 for label, _, _ in PARTS}
-    _instrument(totals)
-    started = time.perf_counter()
+    cpu = dict(totals)
+    _instrument(totals, cpu)
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = Trainer(cfg, out, log=None).fit()
-    wall = time.perf_counter() - started
-    rows = [(label, totals[label], top) for label, _, top in PARTS]
-    other = wall - sum(t for _, t, top in rows if top)
+    wall, cpu_all = time.perf_counter() - started, time.process_time() - cpu_started
+    rows = [(label, totals[label], cpu[label], top) for label, _, top in PARTS]
+    other = wall - sum(t for _, t, _, top in rows if top)
+    cpu_other = cpu_all - sum(c for _, _, c, top in rows if top)
     print(f"{cfg.name}: {cfg.learner.name}, run directory {out}")
-    print(f"{'part':36s} {'seconds':>9s} {'share':>7s}")
-    for label, t, _ in [*rows, ("other", other, True)]:
-        print(f"{label:36s} {t:9.1f} {100 * t / wall:6.1f}%")
-    print(f"{'whole run':36s} {wall:9.1f} {100.0:6.1f}%")
+    print(f"{'part':36s} {'seconds':>9s} {'share':>7s} {'CPU s':>9s} {'share':>7s}")
+    for label, t, c, _ in [
+        *rows,
+        ("other", other, cpu_other, True),
+        ("whole run", wall, cpu_all, True),
+    ]:
+        print(f"{label:36s} {t:9.1f} {100 * t / wall:6.1f}% {c:9.1f} {100 * c / cpu_all:6.1f}%")
     acc = summary.get("avg_incremental_accuracy")
-    print(f"average incremental accuracy (CNN): {acc}; torch threads {_threads()}")
+    nme = summary.get("nme_avg_incremental_accuracy")
+    print(
+        f"average incremental accuracy CNN {acc}, NME {nme}; last CNN {summary.get('last_accuracy')}"
+    )
+    print(f"torch threads {_threads()}")
     if args.json:
-        data = {label.strip(): t for label, t, _ in rows} | {"other": other, "wall": wall}
+        data = {label.strip(): {"wall": t, "cpu": c} for label, t, c, _ in rows}
+        data |= {
+            "other": {"wall": other, "cpu": cpu_other},
+            "whole run": {"wall": wall, "cpu": cpu_all},
+        }
+        data["summary"] = {
+            k: summary.get(k)
+            for k in ("avg_incremental_accuracy", "last_accuracy", "nme_avg_incremental_accuracy")
+        }
         Path(args.json).write_text(json.dumps(data, indent=2))
 
 
