@@ -77,13 +77,13 @@ def _instrument(totals: dict[str, float], cpu: dict[str, float]) -> None:
                         setattr(module, key, wrapped)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", required=True)
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, as for cilkit run")
     p.add_argument("--out", help="run directory (default: a temporary one)")
     p.add_argument("--json", help="also write the numbers here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     from cilkit.config import load_config
     from cilkit.engine.trainer import Trainer
