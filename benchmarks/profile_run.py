@@ -30,7 +30,8 @@ from pathlib import Path
 PARTS = (
     ("building the run (data, network)", "cilkit.engine.build:build_run", True),
     ("training (main and stages)", "cilkit.engine.loop:run_loop", True),
-    ("  the teacher's forward", "cilkit.backbones.network:Frozen.forward", False),
+    # frozen modules' forward inside training: a teacher, DER's and MEMO's old extractors
+    ("  frozen modules' forward", "cilkit.backbones.network:Frozen.forward", False),
     ("evaluation", "cilkit.engine.trainer:Trainer._evaluate", True),
     ("exemplar selection", "cilkit.learners.base:Learner.update_memory", True),
     ("class means", "cilkit.learners.base:Learner.update_class_means", True),
@@ -39,17 +40,24 @@ PARTS = (
 )
 
 
-def _timed(fn, totals: dict[str, float], cpu: dict[str, float], label: str):
+def _timed(fn, totals, cpu, label: str, running: dict[str, int], parent: str | None):
+    """``fn`` timed into ``totals``/``cpu`` under ``label``; a part listed under another
+    (``parent``) is counted only while that one runs: DER's frozen extractors also run in
+    evaluation and herding, which are not the training's teacher time."""
     depth = [0]
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if parent is not None and not running[parent]:
+            return fn(*args, **kwargs)
         depth[0] += 1
+        running[label] += 1
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             depth[0] -= 1
+            running[label] -= 1
             if depth[0] == 0:  # a recursive call is counted once
                 totals[label] += time.perf_counter() - started
                 cpu[label] += time.process_time() - cpu_started
@@ -59,14 +67,18 @@ def _timed(fn, totals: dict[str, float], cpu: dict[str, float], label: str):
 
 def _instrument(totals: dict[str, float], cpu: dict[str, float]) -> None:
     """Wrap every part where it is defined and wherever a cilkit module imported it by name."""
-    for label, target, _ in PARTS:
+    running = {label: 0 for label, _, _ in PARTS}
+    parent = None
+    for label, target, top in PARTS:
+        if top:
+            parent = label
         module_name, _, name = target.partition(":")
         owner = importlib.import_module(module_name)
         *path, attr = name.split(".")
         for part in path:
             owner = getattr(owner, part)
         original = getattr(owner, attr)
-        wrapped = _timed(original, totals, cpu, label)
+        wrapped = _timed(original, totals, cpu, label, running, None if top else parent)
         setattr(owner, attr, wrapped)
         if path:  # a method: callers reach it through its class
             continue

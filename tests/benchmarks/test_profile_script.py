@@ -28,6 +28,22 @@ def test_every_part_is_timed_and_the_parts_fit_in_the_run(tmp_path, capsys):
         assert all(t >= 0 for t in timed)
         for needed in ("training (main and stages)", "evaluation", "exemplar selection"):
             assert data[needed][key] > 0, (needed, key)  # iCaRL's parts were reached
+        frozen = data["frozen modules' forward"][key]  # iCaRL's teacher, inside training
+        assert 0 < frozen <= data["training (main and stages)"][key]
         # "other" is the run minus the top-level parts: negative if two of them overlapped
         assert data["other"][key] >= -0.02 * data["whole run"][key]
     assert "whole run" in capsys.readouterr().out
+
+
+def test_a_nested_part_counts_only_while_its_parent_runs():
+    spec = importlib.util.spec_from_file_location("profile_run", SCRIPT)
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    totals, cpu = {"child": 0.0}, {"child": 0.0}
+    running = {"parent": 0, "child": 0}
+    child = profile._timed(lambda: sum(range(20000)), totals, cpu, "child", running, "parent")
+    child()  # e.g. DER's frozen extractors at evaluation: not the training's teacher time
+    assert totals["child"] == 0.0
+    running["parent"] = 1
+    child()
+    assert totals["child"] > 0.0 and running["child"] == 0
