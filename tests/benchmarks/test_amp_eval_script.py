@@ -3,14 +3,12 @@ fp32 accuracies are the run's own, and the autocast ones are compared prediction
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
+
+from bench_scripts import load
 
 from cilkit.config.loader import build_config, parse_yaml, quickstart_config_text
 from cilkit.engine.trainer import Trainer
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "amp_eval.py"
 
 
 def test_fp32_reproduces_the_run_and_bf16_is_compared_prediction_by_prediction(tmp_path):
@@ -21,9 +19,7 @@ def test_fp32_reproduces_the_run_and_bf16_is_compared_prediction_by_prediction(t
     Trainer(cfg, tmp_path / "run", log=None).fit()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
 
-    spec = importlib.util.spec_from_file_location("amp_eval", SCRIPT)
-    amp_eval = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(amp_eval)
+    amp_eval = load("amp_eval")
     (result,) = amp_eval.main([str(tmp_path / "run"), "--json", str(tmp_path / "amp.json")])
 
     assert result["checkpoint"] == "task-004" and result["images"] > 0

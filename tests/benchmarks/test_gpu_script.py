@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
 
@@ -54,11 +55,7 @@ def test_the_gpu_benchmark_runs_every_part_and_writes_its_table(tmp_path):
 
 
 def test_a_failed_part_is_one_row_of_the_table_and_the_others_still_show():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = load("gpu")
     result = {
         "parts": {
             "training step": {"error": "ModuleNotFoundError: No module named 'torchvision'"},

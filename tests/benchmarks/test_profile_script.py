@@ -3,18 +3,16 @@ parts it calls top-level do not overlap (they sum to no more than the whole run)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_run.py"
+from bench_scripts import load
+
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def test_every_part_is_timed_and_the_parts_fit_in_the_run(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("profile_run", SCRIPT)
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    profile = load("profile_run")
     out, report = tmp_path / "run", tmp_path / "profile.json"
     profile.main(["-c", str(CONFIG), "train.epochs=1", "--out", str(out), "--json", str(report)])
 
@@ -36,9 +34,7 @@ def test_every_part_is_timed_and_the_parts_fit_in_the_run(tmp_path, capsys):
 
 
 def test_a_nested_part_counts_only_while_its_parent_runs():
-    spec = importlib.util.spec_from_file_location("profile_run", SCRIPT)
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    profile = load("profile_run")
     totals, cpu = {"child": 0.0}, {"child": 0.0}
     running = {"parent": 0, "child": 0}
     child = profile._timed(lambda: sum(range(20000)), totals, cpu, "child", running, "parent")

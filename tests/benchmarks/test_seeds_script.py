@@ -3,21 +3,15 @@ interrupted run must continue from its last finished task, and only when it is t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from bench_scripts import load
 
 from cilkit.cli.main import main
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "seeds.py"
 OVERRIDES = ["train.epochs=1", "scenario.initial_increment=5", "scenario.increment=5"]
-
-
-def _seeds_module():
-    spec = importlib.util.spec_from_file_location("seeds_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _first_checkpoint(run_dir: Path) -> Path:
@@ -26,7 +20,7 @@ def _first_checkpoint(run_dir: Path) -> Path:
 
 def test_an_interrupted_run_continues_and_a_changed_one_starts_over(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    seeds = _seeds_module()
+    seeds = load("seeds")
     out = tmp_path / "sweep"
     run_dir = out / "v" / "seed-1"
     run_args = ["seed=1", "engine.num_threads=1", *OVERRIDES]  # what seeds.py passes

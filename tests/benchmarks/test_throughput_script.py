@@ -3,29 +3,12 @@ after its first (what makes it the bound of any data path)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("throughput_bench", BENCH / "throughput.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+from bench_scripts import load
 
 
 def test_the_ceiling_reuses_its_first_batch_and_every_variant_reports():
-    throughput = _load()
+    throughput = load("throughput")
     made = []
 
     def stream():
