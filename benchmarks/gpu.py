@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -54,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import seeds  # noqa: E402  (benchmarks/seeds.py)
 import throughput  # noqa: E402  (benchmarks/throughput.py)
 
 
@@ -130,17 +130,18 @@ def run(name: str, out: Path, config: str | None, overrides: list[str]) -> dict:
     return {"summary": summary, "wall_s": wall, "peak_gib": peak, "overrides": overrides}
 
 
-def run_processes(out: Path, config: str, overrides: list[str], seeds) -> list[dict]:
-    """``cilkit run`` subprocesses of one config, one per seed, started together: each one's
-    wall seconds (start to exit) and its summary's training seconds."""
+def run_processes(out: Path, config: str, overrides: list[str], seed_list) -> list[dict]:
+    """``cilkit run`` subprocesses of one config, one per seed, started together as
+    ``seeds.py`` starts them: each one's wall seconds (start to exit) and its summary's
+    training seconds."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    env = seeds.run_env(str(REPO / "src"))
+    overrides = [*overrides, "engine.progress=none", "engine.tensorboard=false"]
     running = {}
-    for seed in seeds:
+    for seed in seed_list:
         run_dir = out / f"seed-{seed}"
-        cmd = [sys.executable, "-m", "cilkit", "run", "--quiet", "-c", config, "--out"]
-        cmd += [str(run_dir), "--overwrite", f"seed={seed}", "engine.num_threads=1", *overrides]
-        cmd += ["engine.progress=none", "engine.tensorboard=false"]
+        cmd = [*seeds.CILKIT_RUN, "--out", str(run_dir), "--overwrite"]
+        cmd += seeds.seed_args(config, seed, overrides)
         with (out / f"seed-{seed}.stderr").open("w") as err:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         running[seed] = (run_dir, proc, time.perf_counter())

@@ -43,15 +43,31 @@ def _parse_variant(text: str) -> tuple[str, str | None, list[str]]:
     return name, (None if config == "-" else config), [o for o in overrides if o]
 
 
+def seed_args(config: str | None, seed: int, overrides: list[str]) -> list[str]:
+    """The arguments of one seed's ``cilkit run``: one thread, the seed, the overrides."""
+    args = ["-c", config] if config else []
+    return [*args, f"seed={seed}", "engine.num_threads=1", *overrides]
+
+
+def run_env(src: str | None = None) -> dict[str, str]:
+    """The environment of those runs: one OpenMP thread, ``src`` first on the path if given."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if src:
+        env["PYTHONPATH"] = str(Path(src).resolve())
+    return env
+
+
+CILKIT_RUN = [sys.executable, "-m", "cilkit", "run", "--quiet"]
+
+
 def _run(
     name: str, config: str | None, overrides: list[str], seed: int, out: Path, src: str | None
 ) -> tuple[str, int, float | None]:
     run_dir = out / name / f"seed-{seed}"
     if (run_dir / "summary.json").exists():
         return name, seed, None
-    cmd = [sys.executable, "-m", "cilkit", "run", "--quiet"]
-    run_args = ["-c", config] if config else []
-    run_args += [f"seed={seed}", "engine.num_threads=1", *overrides]
+    cmd = list(CILKIT_RUN)
+    run_args = seed_args(config, seed, overrides)
     stamp = run_dir / "seeds-command.json"
     if (run_dir / "config.yaml").exists() and _read_json(stamp) == run_args:
         cmd += ["--resume", str(run_dir)]  # the same run, interrupted: continue it
@@ -59,11 +75,8 @@ def _run(
         cmd += ["--out", str(run_dir), "--overwrite", *run_args]
         run_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(run_args))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if src:
-        env["PYTHONPATH"] = str(Path(src).resolve())
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env(src))
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return name, seed, time.perf_counter() - start
