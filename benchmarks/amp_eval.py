@@ -31,10 +31,7 @@ def evaluate(run_dir: Path, checkpoint: str | None, device: str, batch: int) -> 
 
     predictor = Predictor.from_run(run_dir, checkpoint=checkpoint, device=device)
     parts = predictor.parts
-    test = parts.test_scenario
-    increments = list(parts.train_scenario.increments)
-    tasks = next(t for t in range(len(increments) + 1) if sum(increments[:t]) == predictor.num_seen)
-    seen = test[:tasks]
+    seen = parts.test_scenario[: predictor.tasks]
     dtypes = {"fp32": None, "bf16": torch.bfloat16}
     if device.startswith("cuda"):
         dtypes["fp16"] = torch.float16
@@ -49,7 +46,8 @@ def evaluate(run_dir: Path, checkpoint: str | None, device: str, batch: int) -> 
             if reference is not None:
                 changed = (pred != reference[classifier]).float().mean().item()
                 row[f"{classifier} changed %"] = round(100 * changed, 3)
-        reference = reference or top1
+        if reference is None:
+            reference = top1
         out[name] = row
     return out
 

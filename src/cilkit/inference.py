@@ -120,15 +120,17 @@ class Predictor:
 
     Args:
         parts: the rebuilt run (:func:`cilkit.engine.build.build_run`).
-        num_seen: classes learnt at the checkpoint.
+        tasks: tasks learnt at the checkpoint.
         checkpoint: the checkpoint's name.
     """
 
-    def __init__(self, parts: Any, num_seen: int, checkpoint: str) -> None:
+    def __init__(self, parts: Any, tasks: int, checkpoint: str) -> None:
         self.parts = parts
-        self.num_seen = num_seen
+        self.tasks = tasks
+        self.num_seen = sum(parts.train_scenario.increments[:tasks])
+        """Classes learnt at the checkpoint."""
         self.checkpoint = checkpoint
-        self.class_names = parts.train_scenario.class_names[:num_seen]
+        self.class_names = parts.train_scenario.class_names[: self.num_seen]
         self.shape = parts.dataset.train.image_shape
         self.lazy = parts.dataset.train.images is None
 
@@ -167,8 +169,7 @@ class Predictor:
         learner.load_state_dict(state["learner"])
         to_device(learner, parts.device, cfg.engine.channels_last)
         learner.eval()
-        num_seen = sum(parts.train_scenario.increments[: int(state["next_task"])])
-        return cls(parts, num_seen, checkpoint)
+        return cls(parts, int(state["next_task"]), checkpoint)
 
     @torch.inference_mode()
     def predict_tensor(self, images: torch.Tensor, k: int = 5) -> list[dict[str, Any]]:
