@@ -409,14 +409,12 @@ def _measure(args: argparse.Namespace) -> dict:
         else:
             cl = name != "cilkit-nchw"
             stream = cilkit_stream(data, device, args.batch_size, args.seed, cl)
+            path = f"DeviceSplit.train_batches (uint8 on {where}, batched aug)"
             if name == "ceiling":
-                stream = repeat_one(stream)
+                stream, path = repeat_one(stream), "one batch, made once and reused (no data path)"
             model, opt = build_model(num_classes, device, cl, args.seed)
             if name == "cilkit-compiled":
                 model.backbone.compile()  # as engine.compile: in place
-            path = f"DeviceSplit.train_batches (uint8 on {where}, batched aug)"
-            if name == "ceiling":
-                path = "one batch, made once and reused (no data path)"
             layout = "channels_last" if cl else "contiguous"
             prec = "bf16 autocast" if amp is not None else "fp32"
             variants.append(Variant(name, path, layout, prec, stream, model, opt, amp, []))
