@@ -20,6 +20,9 @@ the memory layout / precision each toolbox uses) differs:
 * ``cilkit-compiled`` (optional): ``cilkit`` with the backbone compiled as ``engine.compile``
   does (``torch.compile``, default inductor backend; the compilation runs in the warm-up, which
   then needs a few steps more).
+* ``cilkit-bf16`` (optional): ``cilkit`` under bf16 autocast on any device, the CPU included
+  (``engine.amp: bf16``); on CPUs with AMX or AVX-512 BF16 units the convolutions then run in
+  bf16 (its accuracy against fp32: ``benchmarks/amp_train.py``).
 * ``ceiling`` (optional): the ``cilkit`` model training on one batch made once and reused, so
   no batch is produced at all: the most any data path can reach with this model, layout and
   precision on the machine (its ratio to ``pycil`` bounds what a faster data path can give).
@@ -77,7 +80,7 @@ DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
 JPEG_CONVERTER = "cifar10_jpeg_to_batches.py"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cilkit-bench"
-VARIANTS = ("cilkit", "pycil", "cilkit-nchw", "cilkit-compiled", "ceiling")
+VARIANTS = ("cilkit", "pycil", "cilkit-nchw", "cilkit-compiled", "cilkit-bf16", "ceiling")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -416,8 +419,9 @@ def _measure(args: argparse.Namespace) -> dict:
             if name == "cilkit-compiled":
                 model.backbone.compile()  # as engine.compile: in place
             layout = "channels_last" if cl else "contiguous"
-            prec = "bf16 autocast" if amp is not None else "fp32"
-            variants.append(Variant(name, path, layout, prec, stream, model, opt, amp, []))
+            v_amp = torch.bfloat16 if name == "cilkit-bf16" else amp
+            prec = "bf16 autocast" if v_amp is not None else "fp32"
+            variants.append(Variant(name, path, layout, prec, stream, model, opt, v_amp, []))
 
     header = {
         "date": datetime.date.today().isoformat(),

@@ -1,4 +1,4 @@
-"""``benchmarks/throughput.py``: every variant runs, and the ``ceiling`` variant makes no batch
+"""``benchmarks/throughput.py``: every variant runs (``cilkit-bf16`` under autocast on the CPU too), and the ``ceiling`` variant makes no batch
 after its first (what makes it the bound of any data path)."""
 
 from __future__ import annotations
@@ -22,15 +22,22 @@ def test_the_ceiling_reuses_its_first_batch_and_every_variant_reports():
 
     threads = torch.get_num_threads()
     result = throughput.main(
-        ["--synthetic", "--variants", ",".join(throughput.VARIANTS[:-2] + ("ceiling",))]
+        [
+            "--synthetic",
+            "--variants",
+            ",".join(v for v in throughput.VARIANTS if "compiled" not in v),
+        ]
         + ["--num-images", "32", "--batch-size", "8", "--steps", "1", "--warmup", "1"]
         + ["--repeats", "1", "--num-workers", "0", "--threads", "1"]
     )
-    assert set(result["variants"]) == {"cilkit", "pycil", "cilkit-nchw", "ceiling"}
+    assert set(result["variants"]) == {"cilkit", "pycil", "cilkit-nchw", "cilkit-bf16", "ceiling"}
+    assert result["variants"]["cilkit-bf16"]["precision"] == "bf16 autocast"  # on the CPU too
+    assert result["variants"]["cilkit"]["precision"] == "fp32"
     assert all(v["median_images_per_s"] > 0 for v in result["variants"].values())
     assert set(result["ratios_of_medians"]) == {
         "cilkit/pycil",
         "cilkit-nchw/pycil",
+        "cilkit-bf16/pycil",
         "ceiling/pycil",
     }
     assert torch.get_num_threads() == threads  # restored for an in-process caller
