@@ -22,7 +22,7 @@ the memory layout / precision each toolbox uses) differs:
   then needs a few steps more).
 * ``cilkit-bf16`` (optional): ``cilkit`` under bf16 autocast on any device, the CPU included
   (``engine.amp: bf16``); on CPUs with AMX or AVX-512 BF16 units the convolutions then run in
-  bf16 (its accuracy against fp32: ``benchmarks/amp_train.py``).
+  bf16 (its accuracy against fp32 in training: ``benchmarks/README.md``, "bf16 on the CPU").
 * ``ceiling`` (optional): the ``cilkit`` model training on one batch made once and reused, so
   no batch is produced at all: the most any data path can reach with this model, layout and
   precision on the machine (its ratio to ``pycil`` bounds what a faster data path can give).
