@@ -123,6 +123,8 @@ class TaskContext:
         batch_size: evaluation batch size for feature extraction.
         indices: the training-split positions the task trains on (set by the engine from
             ``Learner.train_indices`` before training).
+        amp: the run's autocast dtype (``engine.amp``), None for full precision; the feature
+            passes of herding, class means and imprinting (``Learner.features_fn``) run under it.
     """
 
     info: TaskInfo
@@ -130,6 +132,7 @@ class TaskContext:
     generator: torch.Generator
     batch_size: int = 512
     indices: torch.Tensor | None = None
+    amp: torch.dtype | None = None
 
     def class_indices(self, c: int) -> torch.Tensor:
         """Training-split positions of remapped class ``c``."""

@@ -82,3 +82,18 @@ def test_any_change_of_the_extractor_starts_over_and_the_head_does_not():
     doubled = cache.get(other, net, lambda x: 2 * net.forward_features(x), idx, 8)  # another one
     assert cache.computed == expected_computed + 20
     torch.testing.assert_close(doubled, 2 * split.embed(idx, net.forward_features, 8))
+
+
+def test_features_under_the_runs_autocast_are_fp32_and_cached_apart():
+    split, net, cache = _split(), Net().eval(), FeatureCache()
+    idx = torch.arange(12)
+    full = cache.get(split, net, net.forward_features, idx, 8)
+    seen = []
+    net.conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    half = cache.get(split, net, net.forward_features, idx, 8, amp=torch.bfloat16)
+    assert cache.computed == 24  # another precision: computed again, not served from fp32
+    assert set(seen) == {torch.bfloat16} and half.dtype == torch.float32
+    torch.testing.assert_close(half, full, atol=0.05, rtol=0.05)  # bf16 rounding only
+    assert not torch.equal(half, full)
+    cache.get(split, net, net.forward_features, idx, 8, amp=torch.bfloat16)
+    assert cache.computed == 24  # and cached under it

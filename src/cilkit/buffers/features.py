@@ -69,6 +69,7 @@ class FeatureCache:
         self._split: DeviceSplit | None = None
         self._fn: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._key: tuple[tuple, torch.Tensor] | None = None
+        self._amp: torch.dtype | None = None
         self._rows: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}  # flip -> (slot, feats)
         self.computed = 0  # samples whose features were computed (tests and profiles read it)
 
@@ -80,6 +81,7 @@ class FeatureCache:
         indices: torch.Tensor,
         batch_size: int,
         flip: bool = False,
+        amp: torch.dtype | None = None,
     ) -> torch.Tensor:
         """``fn``'s features ``(len(indices), d)`` of the samples at ``indices`` of ``split``.
 
@@ -91,26 +93,35 @@ class FeatureCache:
             indices: dataset positions (any device, int64).
             batch_size: images per forward pass for the samples not cached yet.
             flip: features of the horizontally flipped images.
+            amp: autocast dtype of the forward passes (the run's ``engine.amp``), None for full
+                precision; the features are returned in fp32 either way.
         """
         key = fingerprint(extractor_tensors(network))
         # a bound method is a new object at every access: compare with ==, not is
-        if self._split is not split or self._fn != fn or not _same(self._key, key):
-            self._split, self._fn, self._key, self._rows = split, fn, key, {}
+        fresh = self._split is not split or self._fn != fn or self._amp != amp
+        if fresh or not _same(self._key, key):
+            self._split, self._fn, self._key, self._amp, self._rows = split, fn, key, amp, {}
         positions = indices.detach().to("cpu", torch.long).reshape(-1)
         slot, feats = self._rows.get(flip, (None, None))
         if slot is None:
             slot = torch.full((len(split),), -1, dtype=torch.long)
         missing = torch.unique(positions[slot[positions] < 0])
         if missing.numel():
-            new = split.embed(missing, fn, batch_size, flip=flip)
+            with _autocast(split.device, amp):
+                new = split.embed(missing, fn, batch_size, flip=flip)
             start = 0 if feats is None else len(feats)
             slot[missing] = torch.arange(start, start + len(new))
             feats = new if feats is None else torch.cat([feats, new])
             self.computed += int(missing.numel())
         self._rows[flip] = (slot, feats)
         if feats is None:  # no indices asked for and nothing cached
-            return split.embed(positions, fn, batch_size, flip=flip)
+            with _autocast(split.device, amp):
+                return split.embed(positions, fn, batch_size, flip=flip)
         return feats[slot[positions].to(feats.device)]
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
 
 
 def _same(a: tuple[tuple, torch.Tensor] | None, b: tuple[tuple, torch.Tensor]) -> bool:

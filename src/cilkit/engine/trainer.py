@@ -218,7 +218,11 @@ class Trainer:
         cfg, learner = self.cfg, run.learner
         info = run.parts.train_scenario.task_info(t)
         ctx = TaskContext(
-            info, run.parts.train, task_generator(cfg.seed, t), cfg.train.eval_batch_size
+            info,
+            run.parts.train,
+            task_generator(cfg.seed, t),
+            cfg.train.eval_batch_size,
+            amp=run.amp,
         )
         resume_at = Phase.from_key(t, resumed["phase"]).order if resumed else None
         if resumed is None:

@@ -256,6 +256,7 @@ class Learner(nn.Module):
                     indices,
                     ctx.batch_size,
                     flip=flip,
+                    amp=ctx.amp,
                 )
             finally:
                 self.network.train(was_training)
