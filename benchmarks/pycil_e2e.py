@@ -6,7 +6,10 @@ PyCIL (https://github.com/LAMDA-CL/PyCIL) is run unmodified from a checkout name
 ``trainer.train``. Its iCaRL reads its schedule from module constants (``init_epoch = 200``,
 ``epochs = 170``, the milestones, ``num_workers = 8``); ``--epochs E`` sets both epoch counts to E
 and scales the milestones by the same factor (dropping those that fall past the end), and
-``--workers`` sets its DataLoader workers (default: PyCIL's 8). cilkit runs
+``--workers`` sets its DataLoader workers (default: PyCIL's 8). One fix to what it logs: PyCIL
+groups its accuracies by 10 classes whatever the increment, and its forgetting table then fails
+after the last task when the increment is not 10, so the grouping is set to the increment.
+cilkit runs
 ``configs/experiments/icarl_tinyimagenet100_b0_inc10.yaml`` (PyCIL's iCaRL schedule) with the
 same epochs, milestones, increments and seed, once per ``--cilkit`` variant (``fp32``:
 ``engine.amp=off``; ``bf16``: ``engine.amp=bf16``, bf16 autocast on the CPU, fast where the CPU
@@ -30,6 +33,7 @@ evaluation and logging all count. Prints one table and writes ``OUT/pycil_e2e.js
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -72,6 +76,7 @@ def pycil_child(args: argparse.Namespace) -> None:
     ds = load_arrays(args.data_root)
     pycil = Path(args.pycil).resolve()
     sys.path.insert(0, str(pycil))
+    import models.base as base  # PyCIL's
     import models.icarl as icarl  # PyCIL's
     import utils.data_manager as data_manager  # PyCIL's
     from torchvision import transforms
@@ -102,6 +107,9 @@ def pycil_child(args: argparse.Namespace) -> None:
     icarl.init_milestones = scaled(INIT_MILESTONES, INIT_EPOCHS, args.epochs)
     icarl.milestones = scaled(MILESTONES, EPOCHS, args.epochs)
     icarl.num_workers = args.workers
+    # PyCIL groups its logged accuracies by 10 classes whatever the increment, and its forgetting
+    # table then fails after the last task of a run whose increment is not 10: group by tasks.
+    base.accuracy = functools.partial(base.accuracy, increment=args.increment)
     out = Path(args.out) / "pycil"
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)  # PyCIL writes logs/ under the working directory

@@ -38,6 +38,7 @@ def _stand_in_pycil(root: Path) -> Path:
         "utils/data.py": "class iData:\n    pass\n",
         "utils/data_manager.py": "def _get_idata(name):\n    raise ValueError(name)\n",
         "models/__init__.py": "",
+        "models/base.py": "def accuracy(y_pred, y_true, nb_old, increment=10):\n    return increment\n",
         "models/icarl.py": (
             "init_epoch = 200\nepochs = 170\ninit_milestones = [60, 120, 170]\n"
             "milestones = [80, 120]\nnum_workers = 8\n"
@@ -47,6 +48,7 @@ def _stand_in_pycil(root: Path) -> Path:
             import json
 
             def train(args):
+                import models.base as base
                 import models.icarl as m
                 import utils.data_manager as dm
 
@@ -59,6 +61,7 @@ def _stand_in_pycil(root: Path) -> Path:
                     "test": list(data.test_data.shape),
                     "schedule": [m.init_epoch, m.epochs, m.init_milestones, m.milestones],
                     "workers": m.num_workers,
+                    "accuracy_groups": base.accuracy(None, None, 0),
                     "train_trsf": [type(t).__name__ for t in data.train_trsf],
                 }
                 with open("seen.json", "w") as fh:
@@ -90,6 +93,7 @@ def test_both_sides_run_on_the_same_data_and_schedule(tmp_path, monkeypatch):
     assert seen["train"] == [[12, 32, 32, 3], "uint8"]  # cilkit's 32x32 decode, HWC for PIL
     assert seen["labels"] == [0, 1, 2, 3] and seen["test"] == [8, 32, 32, 3]
     assert seen["schedule"] == [2, 2, [1], [1]] and seen["workers"] == 1
+    assert seen["accuracy_groups"] == 2  # grouped by the increment, not PyCIL's fixed 10
     assert seen["train_trsf"] == ["RandomCrop", "RandomHorizontalFlip", "ColorJitter", "ToTensor"]
     assert seen["args"]["init_cls"] == 2 and seen["args"]["memory_size"] == 8
 
