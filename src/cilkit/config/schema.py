@@ -341,7 +341,9 @@ class EngineConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda, cuda:N."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    """Mixed precision: auto = bf16 autocast on CUDA, off on CPU."""
+    """Mixed precision of every forward pass (training, evaluation, herding and class-mean
+    features): auto = bf16 autocast on CUDA, off on CPU; bf16 on a CPU with AMX or AVX-512 BF16
+    units (recent Xeons) trains about 1.9x faster (``benchmarks/README.md``, "bf16 on the CPU")."""
     channels_last: bool = True
     deterministic: bool = True
     """Deterministic algorithms (bit-identical CPU runs for a seed)."""
