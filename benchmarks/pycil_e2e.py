@@ -213,6 +213,8 @@ def main() -> None:
             wall, cpu = timed(cilkit_cmd(args, side, run_dir), env, out / f"cilkit-{side}.log")
             summary = json.loads((run_dir / "summary.json").read_text())
             cnn, nme = summary["task_accuracy"], summary.get("nme_task_accuracy", [])
+        if len(cnn) != ds.train.num_classes // args.increment:
+            raise SystemExit(f"{side}: {len(cnn)} tasks' accuracies found, not all of them")
         row = {"side": side, "wall_s": wall, "cpu_s": cpu, "cnn_curve": cnn, "nme_curve": nme}
         rows.append(row)
         print(f"{side}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)

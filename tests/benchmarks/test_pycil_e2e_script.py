@@ -8,6 +8,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 from bench_scripts import load
 from fixtures import write_tiny_imagenet
 
@@ -31,8 +32,9 @@ def test_pycil_curves_read_numpy_reprs_and_take_the_last():
     assert e2e.pycil_curves(log) == {"CNN": [80.1, 40.25], "NME": [81.0, 45.5]}
 
 
-def _stand_in_pycil(root: Path) -> Path:
-    """Files named as PyCIL's, whose ``train`` records the dataset and schedule it was given."""
+def _stand_in_pycil(root: Path, cnn_curve: str = "np.float64(50.0), np.float64(25.0)") -> Path:
+    """Files named as PyCIL's, whose ``train`` records the dataset and schedule it was given
+    and logs ``cnn_curve`` as its accuracy after each task."""
     files = {
         "utils/__init__.py": "",
         "utils/data.py": "class iData:\n    pass\n",
@@ -66,11 +68,12 @@ def _stand_in_pycil(root: Path) -> Path:
                 }
                 with open("seen.json", "w") as fh:
                     json.dump(seen, fh, default=str)
-                print("x => CNN top1 curve: [np.float64(50.0), np.float64(25.0)]")
+                print("x => CNN top1 curve: [CNN_CURVE]")
                 print("x => NME top1 curve: [np.float64(60.0), np.float64(30.0)]")
             """
         ),
     }
+    files["trainer.py"] = files["trainer.py"].replace("CNN_CURVE", cnn_curve)
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
@@ -108,3 +111,13 @@ def test_both_sides_run_on_the_same_data_and_schedule(tmp_path, monkeypatch):
     assert "init_epochs: 2" in config and "amp: 'off'" in config
     assert "milestones: [1]" in config and "init_milestones: [1]" in config
     assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 for r in record["rows"])
+
+
+def test_a_side_that_logged_fewer_tasks_than_the_protocol_is_an_error(tmp_path, monkeypatch):
+    data = write_tiny_imagenet(tmp_path / "data", "tin", WNIDS, per_class=3, val_per_class=2)
+    pycil = _stand_in_pycil(tmp_path / "PyCIL", cnn_curve="np.float64(50.0)")  # 1 of 2 tasks
+    argv = ["pycil_e2e.py", "--pycil", str(pycil), "--data-root", str(data)]
+    argv += ["--out", str(tmp_path / "out"), "--increment", "2", "--sides", "pycil"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="pycil: 1 tasks' accuracies found"):
+        load("pycil_e2e").main()
