@@ -107,21 +107,15 @@ class FeatureCache:
             slot = torch.full((len(split),), -1, dtype=torch.long)
         missing = torch.unique(positions[slot[positions] < 0])
         if missing.numel():
-            with _autocast(split.device, amp):
-                new = split.embed(missing, fn, batch_size, flip=flip)
+            new = split.embed(missing, fn, batch_size, flip=flip, amp=amp)
             start = 0 if feats is None else len(feats)
             slot[missing] = torch.arange(start, start + len(new))
             feats = new if feats is None else torch.cat([feats, new])
             self.computed += int(missing.numel())
         self._rows[flip] = (slot, feats)
         if feats is None:  # no indices asked for and nothing cached
-            with _autocast(split.device, amp):
-                return split.embed(positions, fn, batch_size, flip=flip)
+            return split.embed(positions, fn, batch_size, flip=flip, amp=amp)
         return feats[slot[positions].to(feats.device)]
-
-
-def _autocast(device: torch.device, amp: torch.dtype | None) -> torch.autocast:
-    return torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
 
 
 def _same(a: tuple[tuple, torch.Tensor] | None, b: tuple[tuple, torch.Tensor]) -> bool:

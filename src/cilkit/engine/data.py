@@ -17,6 +17,7 @@ import torch
 from cilkit.contract import Batch
 from cilkit.data.base import ImageSet
 from cilkit.data.transforms import BatchTransform
+from cilkit.engine.runtime import autocast
 from cilkit.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -199,9 +200,12 @@ class DeviceSplit:
         fn: Callable[[torch.Tensor], torch.Tensor],
         batch_size: int = 512,
         flip: bool = False,
+        amp: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """``fn`` (e.g. the feature extractor) over the samples at ``indices``, concatenated."""
-        outs = [fn(b.x).float() for b in self.eval_batches(indices, batch_size, flip=flip)]
+        """``fn`` (e.g. the feature extractor) over the samples at ``indices``, concatenated, in
+        fp32; ``fn`` runs under autocast to ``amp`` when given (the run's ``engine.amp``)."""
+        with autocast(self.device, amp):
+            outs = [fn(b.x).float() for b in self.eval_batches(indices, batch_size, flip=flip)]
         if not outs:
             return torch.empty(0, device=self.device)
         return torch.cat(outs)
