@@ -11,7 +11,7 @@ groups its accuracies by 10 classes whatever the increment, and its forgetting t
 after the last task when the increment is not 10, so the grouping is set to the increment.
 cilkit runs
 ``configs/experiments/icarl_tinyimagenet100_b0_inc10.yaml`` (PyCIL's iCaRL schedule) with the
-same epochs, milestones, increments and seed, once per ``--cilkit`` variant (``fp32``:
+same epochs, milestones, increments and seed, once per cilkit variant in ``--sides`` (``fp32``:
 ``engine.amp=off``; ``bf16``: ``engine.amp=bf16``, bf16 autocast on the CPU, fast where the CPU
 has AMX or AVX-512 BF16 units).
 
@@ -45,6 +45,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import seeds  # noqa: E402  (benchmarks/seeds.py: how a cilkit run is started)
+
 CONFIG = REPO / "configs" / "experiments" / "icarl_tinyimagenet100_b0_inc10.yaml"
 # PyCIL's models/icarl.py schedule (and the config's)
 INIT_EPOCHS, EPOCHS = 200, 170
@@ -160,8 +164,7 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]
 def cilkit_cmd(args: argparse.Namespace, variant: str, run_dir: Path) -> list[str]:
     e = args.epochs
     return [
-        sys.executable, "-m", "cilkit", "run", "--quiet", "-c", str(CONFIG),
-        "--out", str(run_dir), "--overwrite",
+        *seeds.CILKIT_RUN, "-c", str(CONFIG), "--out", str(run_dir), "--overwrite",
         f"data.root={args.data_root}", f"seed={args.seed}",
         f"scenario.initial_increment={args.increment}", f"scenario.increment={args.increment}",
         f"train.epochs={e}", f"train.init_epochs={e}", f"memory.memory_size={args.memory}",
@@ -173,7 +176,7 @@ def cilkit_cmd(args: argparse.Namespace, variant: str, run_dir: Path) -> list[st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pycil", help="a PyCIL checkout (needed unless --cilkit only)")
+    p.add_argument("--pycil", help="a PyCIL checkout (needed when --sides has pycil)")
     p.add_argument("--data-root", required=True, help="the Tiny-ImageNet folder")
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=1, help="epochs per task (PyCIL: 200 / 170)")
@@ -199,8 +202,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ds = load_arrays(args.data_root)  # builds the decode cache, so neither side pays for it
     print(f"data: {ds.provenance}")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    env = {**seeds.run_env(str(REPO / "src")), "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for side in sides:
         if side == "pycil":

@@ -121,3 +121,30 @@ def test_a_side_that_logged_fewer_tasks_than_the_protocol_is_an_error(tmp_path, 
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit, match="pycil: 1 tasks' accuracies found"):
         load("pycil_e2e").main()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sides", "pycil,fp16"], "--sides: unknown ['fp16']; known: pycil, fp32, bf16"),
+        (["--sides", "pycil"], "--pycil: give a PyCIL checkout (the folder holding trainer.py)"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, capsys, extra, message):
+    argv = ["pycil_e2e.py", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"), *extra]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit):
+        load("pycil_e2e").main()
+    assert message in capsys.readouterr().err
+
+
+def test_a_side_that_fails_names_its_log(tmp_path, monkeypatch):
+    data = write_tiny_imagenet(tmp_path / "data", "tin", WNIDS, per_class=3, val_per_class=2)
+    pycil = _stand_in_pycil(tmp_path / "PyCIL")
+    (pycil / "trainer.py").write_text("def train(args):\n    raise RuntimeError('broken')\n")
+    out = tmp_path / "out"
+    argv = ["pycil_e2e.py", "--pycil", str(pycil), "--data-root", str(data), "--out", str(out)]
+    monkeypatch.setattr("sys.argv", [*argv, "--increment", "2", "--sides", "pycil"])
+    with pytest.raises(SystemExit, match=r"failed \(exit 1\); see .*pycil\.log"):
+        load("pycil_e2e").main()
+    assert "RuntimeError: broken" in (out / "pycil.log").read_text()
