@@ -193,9 +193,9 @@ def test_herding_and_class_means_share_one_feature_pass(tmp_path, monkeypatch, f
     expected: list[tuple[int, int]] = []
     seen: list[tuple[int, int]] = []
 
-    def counting_embed(self, indices, fn, batch_size=512, flip=False):
+    def counting_embed(self, indices, fn, batch_size=512, flip=False, amp=None):
         extracted[flip] += len(indices)
-        return embed(self, indices, fn, batch_size, flip)
+        return embed(self, indices, fn, batch_size, flip, amp)
 
     def watched_after_task(self, ctx):
         extracted[False] = extracted[True] = 0
