@@ -1,6 +1,11 @@
 """Feature extractors (``cilkit list backbones``), growing heads and the incremental network."""
 
-from cilkit.backbones import convnet, resnet, resnet_cifar  # noqa: F401  (registration)
+from cilkit.backbones import (  # noqa: F401  (registration)
+    convnet,
+    resnet,
+    resnet_cifar,
+    timm_backbone,
+)
 from cilkit.backbones.base import (
     BACKBONES,
     Backbone,

@@ -61,6 +61,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -102,6 +104,11 @@ def _coerce(value: Any, tp: Any, key: str, src: ConfigSource) -> Any:
             raise _Mismatch
         (item_tp, *_rest) = typing.get_args(tp)
         return tuple(_coerce(v, item_tp, f"{key}[{i}]", src) for i, v in enumerate(value))
+    if origin is dict:  # free keyword arguments (a timm model's): string keys, checked values
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _Mismatch
+        _key_tp, value_tp = typing.get_args(tp)
+        return {k: _coerce(v, value_tp, f"{key}.{k}", src) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise _Mismatch
