@@ -54,7 +54,17 @@ class DataConfig:
     download: bool = True
     """Download from the official host when missing (only where the dataset allows it)."""
     image_size: int | None = None
-    """Resize images to this square size at load (image folders, Tiny-ImageNet)."""
+    """Resize images to this square size at load (image folders, Tiny-ImageNet): the size they
+    are stored at on the device."""
+    input_size: int | None = None
+    """The square size the network sees: batches are resized to it on the device, per batch
+    (32 px CIFAR to a ViT's 224 px is never stored at 224). None = the backbone's own (a timm
+    model's data config), else the stored size."""
+    mean: tuple[float, ...] | None = None
+    """Per-channel normalisation mean in [0, 1]; None = the backbone's (a timm model's data
+    config), else the dataset's."""
+    std: tuple[float, ...] | None = None
+    """Per-channel normalisation standard deviation; None = as ``mean``."""
     in_memory: bool | None = None
     """Hold decoded images as one uint8 tensor; None = automatic (small images only)."""
     on_unreadable: Literal["skip", "error"] = "skip"
@@ -63,6 +73,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.image_size is None or self.image_size >= 4, "image_size", "must be >= 4")
+        _check(self.input_size is None or self.input_size >= 4, "input_size", "must be >= 4")
+        _check(self.std is None or all(v > 0 for v in self.std), "std", "must be > 0")
+        _check(
+            self.mean is None or self.std is None or len(self.mean) == len(self.std),
+            "std",
+            "needs one value per channel, as mean",
+        )
 
 
 @dataclass(frozen=True)
@@ -357,6 +374,10 @@ class EngineConfig:
     """CPU threads for torch; None = torch's default."""
     checkpoint_every_epochs: int | None = None
     """Also checkpoint inside a task every N epochs (long first tasks); None = after tasks only."""
+    feature_cache: bool = True
+    """Evaluation of methods that classify a frozen network's features (SimpleCIL, RanPAC, ...):
+    compute each test image's features once while the network's values stay the same, instead
+    of once per evaluation (identical results; false recomputes them every time)."""
 
     def __post_init__(self) -> None:
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")

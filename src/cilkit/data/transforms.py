@@ -58,6 +58,9 @@ PRESETS: dict[str, AugmentPreset] = {
     # image folders are decoded at S (shorter side S * 256 / 224, centre S x S crop); the
     # random-resized crop is taken within that square (torchvision: within the whole image)
     "imagenet": AugmentPreset(flip=True, resized_crop=True),
+    # pre-trained models (the default with a timm backbone): LAMDA-PILOT's training transform,
+    # RandomResizedCrop(S, scale=(0.05, 1)) and a flip, straight to the model's input size
+    "ptm": AugmentPreset(flip=True, resized_crop=True, crop_scale=(0.05, 1.0)),
 }
 
 
@@ -87,11 +90,21 @@ def resolve_preset(dataset_preset: str, cfg: AugmentConfig) -> AugmentPreset:
 class BatchTransform:
     """Normalise (and for training, augment) uint8 batches on their device.
 
+    Images are stored at their own size (a 32 px CIFAR image stays 32 px on the device) and
+    resized per batch to ``input_size`` when the network wants another one (a ViT's 224 px):
+    a random-resized crop samples straight to ``input_size``; other augmentations run at the
+    stored size and the batch is then resized. Evaluation takes the centre ``crop_pct`` of the
+    image and resizes it to ``input_size`` (timm's and PILOT's ``Resize(S / crop_pct)`` +
+    ``CenterCrop(S)`` on a square image); at the stored size it leaves the pixels as they are.
+
     Args:
         mean: per-channel mean in [0, 1].
         std: per-channel standard deviation in [0, 1].
         preset: training augmentation.
         channels_last: return batches in ``channels_last`` memory format.
+        input_size: the square size the network takes; None = the stored size.
+        interpolation: ``bilinear`` or ``bicubic`` resampling for every resize.
+        crop_pct: the centre share of the image evaluation keeps when it resizes.
     """
 
     def __init__(
@@ -100,9 +113,19 @@ class BatchTransform:
         std: tuple[float, ...],
         preset: AugmentPreset,
         channels_last: bool = True,
+        input_size: int | None = None,
+        interpolation: str = "bilinear",
+        crop_pct: float = 1.0,
     ) -> None:
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"interpolation must be bilinear or bicubic, got '{interpolation}'")
+        if not 0 < crop_pct <= 1:
+            raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.preset = preset
         self.channels_last = channels_last
+        self.input_size = input_size
+        self.interpolation = interpolation
+        self.crop_pct = crop_pct
         # Fold /255 into the affine normalisation: x_norm = x * scale + shift.
         std_t = torch.tensor(std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
@@ -121,7 +144,9 @@ class BatchTransform:
         """Augment and normalise a uint8 training batch."""
         p = self.preset
         if p.resized_crop:
-            x = random_resized_crop(x, p.crop_scale, p.crop_ratio, generator)
+            x = random_resized_crop(
+                x, p.crop_scale, p.crop_ratio, generator, self.input_size, self.interpolation
+            )
         elif p.crop_padding > 0:
             x = random_crop(x, p.crop_padding, generator)
         if p.flip:
@@ -132,11 +157,39 @@ class BatchTransform:
                 1 - p.brightness, 1 + p.brightness, generator=generator
             )
             x = (x.float() * factor).clamp_(0, 255)
+        if not p.resized_crop:
+            x = self._resize(x)
         return self.normalize(x)
 
     def eval(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """Normalise an evaluation batch (optionally horizontally flipped)."""
-        return self.normalize(x.flip(3) if flip else x)
+        """Normalise an evaluation batch (optionally horizontally flipped), centre-cropped and
+        resized to ``input_size`` when that is not the stored size."""
+        x = x.flip(3) if flip else x
+        if self._needs_resize(x):
+            h, w = x.shape[-2:]
+            ch, cw = max(1, round(h * self.crop_pct)), max(1, round(w * self.crop_pct))
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[..., top : top + ch, left : left + cw]
+        return self.normalize(self._resize(x))
+
+    def _needs_resize(self, x: torch.Tensor) -> bool:
+        return self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size,) * 2
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` resampled to ``input_size`` (floats in 0..255), or unchanged at that size."""
+        if not self._needs_resize(x):
+            return x
+        return resize(x, self.input_size, self.interpolation)
+
+
+def resize(x: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """A batch resampled to ``size x size`` (antialiased when it shrinks, as PIL does), as
+    floats clamped to ``0..255``."""
+    shrinks = size < max(x.shape[-2:])
+    out = torch.nn.functional.interpolate(
+        x.float(), size=(size, size), mode=interpolation, align_corners=False, antialias=shrinks
+    )
+    return out.clamp_(0, 255)
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -206,16 +259,20 @@ def random_resized_crop(
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator | None,
+    size: int | None = None,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """A random-resized crop of each image (:func:`random_resized_boxes`), resampled bilinearly
-    back to the input size with one batched ``grid_sample``; returns floats in ``0..255``."""
+    """A random-resized crop of each image (:func:`random_resized_boxes`), resampled to
+    ``size x size`` (default: the input size) with one batched ``grid_sample``, bilinear or
+    bicubic; returns floats in ``0..255``."""
     b, _, h, w = x.shape
+    oh, ow = (size, size) if size is not None else (h, w)
     top, left, ch, cw = random_resized_boxes(b, h, w, scale, ratio, generator, x.device).unbind(1)
     theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
     theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
-    grid = torch.nn.functional.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    grid = torch.nn.functional.affine_grid(theta, [b, 1, oh, ow], align_corners=False)
     out = torch.nn.functional.grid_sample(
-        x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+        x.float(), grid, mode=interpolation, padding_mode="border", align_corners=False
     )
-    return out
+    return out.clamp_(0, 255) if interpolation == "bicubic" else out

@@ -20,6 +20,7 @@ from cilkit.data.transforms import BatchTransform, resolve_preset
 from cilkit.engine.data import DeviceSplit
 from cilkit.engine.distributed import Distributed
 from cilkit.engine.runtime import resolve_device, seed_everything
+from cilkit.errors import ConfigError
 from cilkit.learners import LEARNERS, Learner, create_learner
 from cilkit.scenarios import ClassIncremental, resolve_class_order
 from cilkit.scenarios.long_tail import apply_long_tail
@@ -89,12 +90,10 @@ def build_run(
     order = resolve_class_order(dataset.num_classes, sc.class_order, sc.class_order_seed)
     train_scn = ClassIncremental(dataset.train, sc.increment, sc.initial_increment, order)
     test_scn = ClassIncremental(dataset.test, sc.increment, sc.initial_increment, order)
-    transform = BatchTransform(
-        dataset.mean,
-        dataset.std,
-        resolve_preset(dataset.preset, cfg.data.augment),
-        channels_last=cfg.engine.channels_last,
-    )
+    channels = dataset.train.image_shape[0]
+    head = cfg.backbone.head or LEARNERS.get(cfg.learner.name).obj.head
+    network = create_network(cfg.backbone, channels, head=head)
+    transform = model_transform(cfg, dataset, network.backbone, source)
     kw = {
         "num_workers": cfg.train.num_workers,
         "on_unreadable": cfg.data.on_unreadable,
@@ -103,9 +102,6 @@ def build_run(
     }
     train = DeviceSplit(dataset.train, train_scn.targets, transform, device, **kw)
     test = DeviceSplit(dataset.test, test_scn.targets, transform, device, **kw)
-    channels = dataset.train.image_shape[0]
-    head = cfg.backbone.head or LEARNERS.get(cfg.learner.name).obj.head
-    network = create_network(cfg.backbone, channels, head=head)
     if cfg.backbone.weights and load_weights:
         try:
             load_network_weights(
@@ -126,6 +122,40 @@ def build_run(
         build_backbone = functools.partial(_compiled_backbone, build_backbone)
     learner = create_learner(cfg.learner, network, cfg.memory, build_backbone)
     return RunParts(dataset, train_scn, test_scn, train, test, learner, device)
+
+
+def model_transform(
+    cfg: ExperimentConfig,
+    dataset: DatasetSplits,
+    backbone: Backbone,
+    source: ConfigSource | None = None,
+) -> BatchTransform:
+    """The device-side preprocessing of a run: the backbone's own input size, interpolation,
+    crop share and statistics (``backbone.data_config``, a timm model's data config) where it
+    has them, else the dataset's; ``data.input_size``, ``data.mean`` and ``data.std`` override
+    both. A backbone with a data config trains with the ``ptm`` preset unless
+    ``data.augment.preset`` names another."""
+    source = ConfigSource.of(source)
+    model = getattr(backbone, "data_config", None) or {}
+    mean = cfg.data.mean or model.get("mean") or dataset.mean
+    std = cfg.data.std or model.get("std") or dataset.std
+    channels = dataset.train.image_shape[0]
+    for key, values in (("data.mean", mean), ("data.std", std)):
+        if len(values) != channels:
+            raise source.error(key, f"{len(values)} values for {channels}-channel images")
+    preset = "ptm" if model and not cfg.data.augment.preset else dataset.preset
+    try:
+        return BatchTransform(
+            tuple(mean),
+            tuple(std),
+            resolve_preset(preset, cfg.data.augment),
+            channels_last=cfg.engine.channels_last,
+            input_size=cfg.data.input_size or model.get("input_size"),
+            interpolation=model.get("interpolation", "bilinear"),
+            crop_pct=model.get("crop_pct", 1.0),
+        )
+    except ConfigError as err:
+        raise source.error("backbone", str(err)) from None
 
 
 def _compiled_backbone(build: Callable[[], Backbone]) -> Backbone:

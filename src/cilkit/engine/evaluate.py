@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from cilkit.buffers.features import FeatureCache
 from cilkit.engine.data import DeviceSplit
 from cilkit.engine.runtime import autocast
 from cilkit.metrics import accuracy, accuracy_per_task, long_tail_metrics, old_new_accuracy
@@ -30,17 +31,96 @@ def predict_split(
         for batch in split.eval_batches(indices, batch_size):
             with autocast(split.device, amp_dtype):
                 scores = learner.predict(batch.x)
-            for name, s in scores.items():
-                k = min(5, s.shape[1])
-                best = s.float().topk(k, dim=1).indices
-                top1.setdefault(name, []).append(best[:, 0])
-                top5.setdefault(name, []).append(best)
+            _collect(scores, top1, top5)
             targets.append(batch.y)
     finally:
         learner.train(was_training)
-    cat = {n: torch.cat(v).cpu() for n, v in top1.items()}
-    cat5 = {n: torch.cat(v).cpu() for n, v in top5.items()}
-    return cat, cat5, torch.cat(targets).cpu()
+    return _cat(top1), _cat(top5), torch.cat(targets).cpu()
+
+
+class TestFeatures:
+    """The test images' features under a learner's frozen evaluation extractor, per task.
+
+    The features are computed per task block (the test images of one task, in batches of the
+    evaluation batch size) whether they are cached or not, so a run with the cache and one
+    without it (``engine.feature_cache: false``) do the same computations on the same batches
+    and give bit-identical results. With the cache, a block is computed once while the
+    extractor's parameters and buffers keep their values (a fingerprint check, not a promise:
+    :class:`~cilkit.buffers.features.FeatureCache`) and the extractor has no trainable
+    parameter; an extractor that still trains is recomputed at every evaluation.
+
+    Args:
+        enabled: keep features between evaluations.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.cache = FeatureCache()
+        self._computed_before = 0
+
+    @property
+    def computed(self) -> int:
+        """Test images whose features were computed so far (each forward pass counted)."""
+        return self._computed_before + self.cache.computed
+
+    def features(
+        self,
+        extractor: torch.nn.Module,
+        split: DeviceSplit,
+        blocks: list[torch.Tensor],
+        batch_size: int,
+        amp_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """The features of every sample of ``blocks`` (concatenated in block order)."""
+        frozen = not any(p.requires_grad for p in extractor.parameters())
+        if not (self.enabled and frozen):
+            self._computed_before += self.cache.computed
+            self.cache = FeatureCache()
+        return torch.cat(
+            [
+                self.cache.get(split, extractor, extractor, b, batch_size, amp=amp_dtype)
+                for b in blocks
+            ]
+        )
+
+
+@torch.no_grad()
+def predict_features_split(
+    learner: torch.nn.Module,
+    extractor: torch.nn.Module,
+    cache: TestFeatures,
+    split: DeviceSplit,
+    blocks: list[torch.Tensor],
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`predict_split` for a learner that classifies ``extractor``'s features
+    (``learner.predict_features``), over the samples of ``blocks`` (one per task seen)."""
+    was_training = learner.training
+    learner.eval()
+    top1: dict[str, list[torch.Tensor]] = {}
+    top5: dict[str, list[torch.Tensor]] = {}
+    try:
+        features = cache.features(extractor, split, blocks, batch_size, amp_dtype)
+        for chunk in torch.split(features, batch_size):
+            with autocast(split.device, amp_dtype):
+                scores = learner.predict_features(chunk)
+            _collect(scores, top1, top5)
+    finally:
+        learner.train(was_training)
+    targets = split.targets_cpu[torch.cat(blocks).cpu()]
+    return _cat(top1), _cat(top5), targets
+
+
+def _collect(scores: dict[str, torch.Tensor], top1: dict, top5: dict) -> None:
+    for name, s in scores.items():
+        best = s.float().topk(min(5, s.shape[1]), dim=1).indices
+        top1.setdefault(name, []).append(best[:, 0])
+        top5.setdefault(name, []).append(best)
+
+
+def _cat(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {n: torch.cat(v).cpu() for n, v in parts.items()}
 
 
 def task_metrics(

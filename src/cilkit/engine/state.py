@@ -11,6 +11,7 @@ import torch
 from cilkit.config import ExperimentConfig
 from cilkit.engine.build import RunParts
 from cilkit.engine.distributed import Distributed
+from cilkit.engine.evaluate import TestFeatures
 from cilkit.engine.interrupts import InterruptHandler
 from cilkit.engine.logger import RunLogger
 from cilkit.engine.progress import Progress
@@ -36,6 +37,8 @@ class RunState:
         say: prints a line (rank 0) and logs it.
         warn: prints a warning (rank 0) and logs it.
         records: the metrics of the finished tasks.
+        test_features: the test images' features under a frozen evaluation extractor, kept
+            between evaluations when ``engine.feature_cache`` is on.
     """
 
     cfg: ExperimentConfig
@@ -50,6 +53,10 @@ class RunState:
     say: Callable[[str], None]
     warn: Callable[[str], None]
     records: list[dict[str, Any]] = field(default_factory=list)
+    test_features: TestFeatures = field(default_factory=TestFeatures)
+
+    def __post_init__(self) -> None:
+        self.test_features.enabled = self.cfg.engine.feature_cache
 
     @property
     def main_process(self) -> bool:

@@ -24,7 +24,7 @@ from cilkit.data.samplers import create_sampler
 from cilkit.engine.build import RunParts, build_run, to_device
 from cilkit.engine.checkpointing import config_fingerprint, restore, write_checkpoint
 from cilkit.engine.distributed import Distributed
-from cilkit.engine.evaluate import predict_split, task_metrics
+from cilkit.engine.evaluate import predict_features_split, predict_split, task_metrics
 from cilkit.engine.interrupts import InterruptHandler
 from cilkit.engine.logger import RunLogger, capture_records
 from cilkit.engine.loop import PHASE_ORDER, Loop, Phase, run_loop, run_stage
@@ -172,6 +172,9 @@ class Trainer:
         )
         if parts.dataset.provenance:
             self._print(f"data: {parts.dataset.provenance}")
+        weights = _weights_provenance(parts)
+        if weights:
+            self._print("backbone: " + ", ".join(f"{k} {v}" for k, v in weights.items() if v))
         self._print(f"run directory: {self.run.path}")
         start_task, partial = restore(run) if resume else (0, None)
         if start_task or partial:
@@ -202,6 +205,10 @@ class Trainer:
         summary.update(
             {"learner": cfg.learner.name, "dataset": cfg.data.name, "backbone": cfg.backbone.name}
         )
+        summary.update({f"backbone_{k}": v for k, v in _weights_provenance(run.parts).items() if v})
+        manifest = run.parts.dataset.extra.get("manifest_sha256")
+        if manifest:
+            summary["data_manifest_sha256"] = manifest
         if run.main_process:
             self.run.write_summary(summary)
             write_plots(self.run, cfg, run.records, summary)
@@ -354,9 +361,22 @@ class Trainer:
         seen = run.parts.test_scenario[: t + 1]
         learner = run.learner
         learner.reset_evaluation_stats()
-        top1, top5, targets = predict_split(
-            learner, run.parts.test, seen.indices, cfg.train.eval_batch_size, run.amp
-        )
+        extractor = learner.evaluation_extractor()
+        if extractor is None:
+            top1, top5, targets = predict_split(
+                learner, run.parts.test, seen.indices, cfg.train.eval_batch_size, run.amp
+            )
+        else:
+            blocks = [run.parts.test_scenario[k].indices for k in range(t + 1)]
+            top1, top5, targets = predict_features_split(
+                learner,
+                extractor,
+                run.test_features,
+                run.parts.test,
+                blocks,
+                cfg.train.eval_batch_size,
+                run.amp,
+            )
         stats = {k: float(v) for k, v in learner.evaluation_stats().items()}
         record = {
             "task_id": t,
@@ -388,6 +408,13 @@ class Trainer:
             info.num_seen_classes,
         )
         return record
+
+
+def _weights_provenance(parts: RunParts) -> dict[str, Any]:
+    """What a pre-trained backbone loaded (model, tag, file and hashes; see
+    :class:`~cilkit.backbones.timm_backbone.TimmBackbone`), empty for the others."""
+    backbone = getattr(parts.learner.network, "backbone", None)
+    return dict(getattr(backbone, "provenance", None) or {})
 
 
 def _phase_name(phase: Phase) -> str:

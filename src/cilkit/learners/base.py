@@ -166,7 +166,23 @@ class Learner(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """CNN logits, and nearest-mean-of-exemplars scores when class means exist."""
-        features = self.network.forward_features(x)
+        return self.predict_features(self.network.forward_features(x))
+
+    def evaluation_extractor(self) -> nn.Module | None:
+        """The frozen module whose output :meth:`predict_features` turns into scores, when the
+        method's predictions are a function of it alone (prototype and analytic methods), else
+        None (``predict`` runs on the images).
+
+        When it returns a module without trainable parameters, the engine computes each test
+        image's features once and serves them from a cache while the module's values stay the
+        same (``engine.feature_cache``), instead of running the network over every seen class
+        at every evaluation; a module with trainable parameters is recomputed every time."""
+        return None
+
+    @torch.no_grad()
+    def predict_features(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Scores per classifier of ``features`` (the output of :meth:`evaluation_extractor`,
+        or of ``network.forward_features`` for the default ``predict``)."""
         logits = self.head_logits(features)
         if self.rebalancer is not None:
             logits = self.rebalancer.apply(logits)  # LWS scales act at evaluation only
