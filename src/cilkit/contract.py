@@ -93,6 +93,10 @@ class TrainingStage:
             learner's), saved with mid-stage checkpoints and loaded on resume.
         augment: draw training augmentation for the stage's batches; False hands ``step`` the
             images as evaluation sees them (BiC's bias correction on its held-out split).
+        features: a frozen module (no trainable parameter) whose output on the batch's images
+            ``step`` reads as ``batch.extra["features"]`` (a head-only stage on a frozen
+            network). Each image's features are computed once while the module's values hold,
+            not once per epoch. Only for stages without augmentation (``augment=False``).
     """
 
     name: str
@@ -108,6 +112,11 @@ class TrainingStage:
     finish: Callable[[], None] | None = None
     state: nn.Module | None = None
     augment: bool = True
+    features: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.features is not None and self.augment:
+            raise ValueError(f"stage '{self.name}': cached features need augment=False")
 
 
 @dataclass

@@ -70,6 +70,8 @@ class Loop:
         state: a stage's own module, saved with mid-phase checkpoints.
         augment: False trains on the images as evaluation sees them (no augmentation).
         after_step: called after every optimiser step.
+        features: a frozen module whose cached output on each batch's images goes to
+            ``batch.extra["features"]`` (un-augmented stages, :class:`TrainingStage`).
     """
 
     phase: Phase
@@ -87,6 +89,7 @@ class Loop:
     state: nn.Module | None = None
     after_step: Callable[[], None] | None = None
     augment: bool = True
+    features: nn.Module | None = None
 
 
 def _optimizer_state_to_json(state: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +104,22 @@ def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
         "state": {int(k): v for k, v in state["state"].items()},
         "param_groups": state["param_groups"],
     }
+
+
+def _stage_features(run: RunState, module: nn.Module, index: torch.Tensor) -> torch.Tensor:
+    """``module``'s features of the training images at ``index``, from the run's stage cache
+    (computed once per image while the module's values hold; see ``TrainingStage.features``)."""
+    if any(p.requires_grad for p in module.parameters()):
+        raise TrainingError("a stage's features module has trainable parameters; freeze it")
+    was_training = module.training
+    module.eval()  # learner.train() reached it if it is part of the learner
+    try:
+        with torch.no_grad():
+            return run.stage_features.get(
+                run.parts.train, module, module, index, run.cfg.train.eval_batch_size, amp=run.amp
+            )
+    finally:
+        module.train(was_training)
 
 
 def run_loop(
@@ -163,6 +182,8 @@ def run_loop(
             augment=loop.augment,
         )
         for i, batch in enumerate(batches):
+            if loop.features is not None:
+                batch.extra["features"] = _stage_features(run, loop.features, batch.index)
             if loop.transform is not None:
                 batch = loop.transform(batch, augment)
             with autocast(device, run.amp):
@@ -283,6 +304,7 @@ def run_stage(
         state=stage.state,
         after_step=run.learner.after_step,
         augment=stage.augment,
+        features=stage.features,
     )
     loss = run_loop(run, loop, resumed, on_epoch_end)
     run.dist.sync_module(run.learner)

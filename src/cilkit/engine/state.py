@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from cilkit.buffers.features import FeatureCache
 from cilkit.config import ExperimentConfig
 from cilkit.engine.build import RunParts
 from cilkit.engine.distributed import Distributed
@@ -39,6 +40,7 @@ class RunState:
         records: the metrics of the finished tasks.
         test_features: the test images' features under a frozen evaluation extractor, kept
             between evaluations when ``engine.feature_cache`` is on.
+        stage_features: training images' features under a stage's frozen ``features`` module.
     """
 
     cfg: ExperimentConfig
@@ -54,6 +56,7 @@ class RunState:
     warn: Callable[[str], None]
     records: list[dict[str, Any]] = field(default_factory=list)
     test_features: TestFeatures = field(default_factory=TestFeatures)
+    stage_features: FeatureCache = field(default_factory=FeatureCache)
 
     def __post_init__(self) -> None:
         self.test_features.enabled = self.cfg.engine.feature_cache
