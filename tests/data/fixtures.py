@@ -340,3 +340,73 @@ def write_imagefolder(
                 save_image(two_tone(*class_colors(i), size, size), root / split / cls / f"{j}.png")
             (root / split / cls / "notes.txt").write_text("not an image\n")
     return root
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmarks of pre-trained-model CIL (PILOT / APER layouts), CUB-200-2011, ImageNet
+# --------------------------------------------------------------------------------------------
+
+
+def imagenet_wnids(n: int, start: int = 0) -> list[str]:
+    """``n`` real ImageNet-1k wnids (from cilkit's class list), from class id ``start``."""
+    from cilkit.data.datasets._ptm import imagenet_names
+
+    return list(imagenet_names())[start : start + n]
+
+
+def write_pilot_benchmark(
+    root: Path,
+    classes: list[str] | tuple[str, ...],
+    per_class: int = 1,
+    test_per_class: int = 1,
+    size: int = 8,
+) -> Path:
+    """Write ``root/{train,test}/<class>/<i>.png`` as LAMDA-PILOT and APER distribute their sets.
+
+    Class ``classes[i]`` (in the given order, which need not be sorted) has the colours
+    :func:`class_colors` ``(i)``.
+
+    Returns:
+        ``root``.
+    """
+    return write_imagefolder(root, tuple(classes), per_class, test_per_class, size, "test")
+
+
+def cub_folder_names(n: int = 200) -> list[str]:
+    """``001.Bird_name_1`` ... : class folder names in CUB-200-2011's style."""
+    return [f"{i:03d}.Bird_name_{i}" for i in range(1, n + 1)]
+
+
+def write_cub_official(
+    root: Path, num_classes: int = 200, per_class: int = 2, size: int = 16
+) -> dict[str, list]:
+    """Write ``root/CUB_200_2011/`` in the official layout with two-tone JPEGs.
+
+    Image ids interleave the classes; in each class the first image is a training image and
+    the others test images. ``README`` and ``attributes/`` are there as in the archive.
+
+    Returns:
+        ``train`` and ``test``: lists of ``(relative path, class id)``, in image-id order.
+    """
+    folder = root / "CUB_200_2011"
+    names = cub_folder_names(num_classes)
+    (folder / "attributes").mkdir(parents=True, exist_ok=True)
+    (folder / "attributes" / "attributes.txt").write_text("1 has_bill_shape::curved\n")
+    (folder / "README").write_text("CUB-200-2011\n")
+    (folder / "classes.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
+    images, labels, split = [], [], []
+    out: dict[str, list] = {"train": [], "test": []}
+    image_id = 0
+    for j in range(per_class):
+        for c, name in enumerate(names):
+            image_id += 1
+            rel = f"{name}/{name.split('.', 1)[1]}_{j:04d}_{image_id}.jpg"
+            save_image(two_tone(*class_colors(c), size, size), folder / "images" / rel)
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {c + 1}")
+            split.append(f"{image_id} {1 if j == 0 else 0}")
+            out["train" if j == 0 else "test"].append((rel, c))
+    (folder / "images.txt").write_text("\n".join(images) + "\n")
+    (folder / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (folder / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    return out

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures import (
+    imagenet_wnids,
     make_tar_gz,
     write_cifar10,
     write_cifar100,
+    write_cub_official,
     write_fashion_mnist,
     write_imagefolder,
+    write_pilot_benchmark,
     write_tiny_imagenet,
 )
 
@@ -83,6 +86,26 @@ def _imagefolder(tmp_path: Path) -> tuple[dict, str]:
     return {"image_size": 16}, f"{tmp_path}/{{train, val}}"
 
 
+def _pilot(folder: str, classes: list[str]) -> Callable[[Path], tuple[dict, str]]:
+    def write(tmp_path: Path) -> tuple[dict, str]:
+        write_pilot_benchmark(tmp_path / folder, classes)
+        return {"image_size": 8}, f"{tmp_path / folder}/{{train, test}} ("
+
+    return write
+
+
+def _cub(tmp_path: Path) -> tuple[dict, str]:
+    write_cub_official(tmp_path, per_class=2, size=8)
+    return {"image_size": 8}, f"{tmp_path / 'CUB_200_2011'}/{{images.txt, "
+
+
+def _imagenet100(tmp_path: Path) -> tuple[dict, str]:
+    from cilkit.data.datasets._ptm import read_list
+
+    write_imagefolder(tmp_path, tuple(read_list("imagenet100_ucir.txt")), 1, 1, 8)
+    return {"image_size": 8}, f"{tmp_path}/{{train, val}} (ImageNet-100 of UCIR"
+
+
 WRITERS: dict[str, Callable[[Path], tuple[dict, str]]] = {
     "digits": _digits,
     "fashion_mnist": _fashion,
@@ -90,6 +113,13 @@ WRITERS: dict[str, Callable[[Path], tuple[dict, str]]] = {
     "cifar100": _cifar100,
     "tiny_imagenet": _tiny,
     "imagefolder": _imagefolder,
+    "cub200": _cub,
+    "imagenet100": _imagenet100,
+    "imagenet_r": _pilot("imagenet-r", imagenet_wnids(200)),
+    "imagenet_a": _pilot("imagenet-a", imagenet_wnids(200, start=200)),
+    "objectnet": _pilot("objectnet", [f"o{i}" for i in range(200)]),
+    "omnibenchmark": _pilot("omnibenchmark", [f"o{i}" for i in range(300)]),
+    "vtab": _pilot("vtab", [f"v{i}" for i in range(50)]),
 }
 
 

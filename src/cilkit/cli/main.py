@@ -1,4 +1,4 @@
-"""The ``cilkit`` command: run, tune, import-weights, ui, list, show-config, compare, report;
+"""The ``cilkit`` command: run, tune, import-weights, ui, list, show-config, compare, report, data;
 the arguments are declared in :mod:`cilkit.cli.parser`.
 
 Importing this module (and ``cilkit --help`` / ``--version``) does not import torch; each command
@@ -255,6 +255,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from cilkit.data.manifest import make_manifest, write_manifest
+
+    root = Path(args.root).expanduser().resolve()
+    out = Path(args.out or f"{root.name}.manifest.jsonl").expanduser().resolve()
+    if out.is_dir():
+        raise CilkitError(f"-o {out}: is a directory; give a file name such as manifest.jsonl")
+    if out.exists() and not args.overwrite:
+        raise CilkitError(f"-o {out} already exists; pass --overwrite to replace it")
+    print(f"hashing the files under {root} ...", file=sys.stderr)
+    manifest = make_manifest(root, rehash=args.rehash, exclude=[out])
+    write_manifest(manifest, out)
+    size = f"{manifest.total_bytes / 1e9:.2f} GB"
+    print(f"wrote {out}: {len(manifest.entries):,} files, {size}, sha256 {manifest.sha256}")
+    return 0
+
+
 class _PipeSafe:
     """A text stream that stops writing, silently, once its reader has gone (``| head``).
 
@@ -323,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "show-config": _cmd_show_config,
         "compare": _cmd_compare,
         "report": _cmd_report,
+        "data": _cmd_data,
     }
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)

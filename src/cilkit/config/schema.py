@@ -69,6 +69,19 @@ class DataConfig:
     """Hold decoded images as one uint8 tensor; None = automatic (small images only)."""
     on_unreadable: Literal["skip", "error"] = "skip"
     """Image folders: skip unreadable files with a warning and a count, or stop."""
+    cache: Literal["auto", "memmap", "none"] = "auto"
+    """Image folders not held in memory (``in_memory`` false, or unset with ``image_size`` over
+    64 or unset): ``memmap`` decodes each image once at the stored size into one file under the
+    folder's ``.cilkit_cache/`` (the user's cache when read-only) and serves the split from it as
+    one uint8 tensor: later epochs and runs read no image file. Disk: 3 x S x S bytes an image
+    (147 KiB at 224); on a GPU the engine copies the whole split into device memory. ``none``
+    keeps file paths, decoded by DataLoader workers on every pass. ``auto`` = ``memmap`` when
+    ``in_memory`` is unset and the file takes at most 16 GiB and fits on the disk, else ``none``."""
+    manifest: str | None = None
+    """A manifest file (``cilkit data manifest ROOT -o FILE``) the dataset folder must match
+    before the run starts: a missing, extra, resized or changed file is an error naming it (sizes
+    are checked first, then SHA-256 hashes, cached by path, size and mtime). None = no check; the
+    folder's manifest hash is recorded either way (provenance line, ``summary.json``)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -80,6 +93,7 @@ class DataConfig:
             "std",
             "needs one value per channel, as mean",
         )
+        _check(self.manifest is None or bool(str(self.manifest).strip()), "manifest", "empty path")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Literal
@@ -33,6 +34,8 @@ shorter side to ``S`` and takes the centre square; ``eval`` resizes the shorter 
 
 MIN_PARALLEL = 2048
 """Fewer images than this are decoded in the calling process (a pool costs ~1 s to start)."""
+SERIAL_CHUNK = 256
+"""Images decoded at a time in the calling process by :func:`iter_decoded`."""
 EXAMPLES = 3
 """How many unreadable files a message names."""
 
@@ -140,6 +143,57 @@ def default_workers() -> int:
     return max(1, min(cpus, 16))
 
 
+def iter_decoded(
+    paths: Sequence[str],
+    size: int,
+    mode: ResizeMode = "resize",
+    workers: int | None = None,
+    min_parallel: int = MIN_PARALLEL,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]]:
+    """Decode image files chunk by chunk, in order, in worker processes when it pays.
+
+    At most two chunks per worker are in flight, so memory stays bounded however many files
+    there are (the memory-mapped cache writes each chunk out as it comes).
+
+    Args:
+        paths: image files.
+        size: output side length.
+        mode: how each image reaches ``size x size`` (see :data:`ResizeMode`).
+        workers: worker processes; None = :func:`default_workers`. 1 decodes in this process.
+        min_parallel: below this many files the decoding stays in this process.
+
+    Yields:
+        ``(start, images, ok, errors)``: the chunk's first index, its ``uint8`` images
+        ``(n, 3, size, size)`` (zeros where decoding failed), the mask of those that decoded
+        and ``(position in the chunk, reason)`` of the others.
+    """
+    n = len(paths)
+    workers = default_workers() if workers is None else max(1, workers)
+    parallel = workers > 1 and n >= max(min_parallel, 2)
+    step = max(64, min(2048, math.ceil(n / (workers * 4)))) if parallel else SERIAL_CHUNK
+    starts = list(range(0, n, step))
+    done = 0
+    if parallel:
+        try:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                pending: deque = deque()
+                while done < len(starts):
+                    while done + len(pending) < len(starts) and len(pending) < 2 * workers:
+                        s = starts[done + len(pending)]
+                        pending.append(
+                            pool.submit(_decode_chunk, list(paths[s : s + step]), size, mode)
+                        )
+                    arr, ok, errs = pending.popleft().result()
+                    yield starts[done], arr, ok, errs
+                    done += 1
+        except (BrokenProcessPool, OSError):
+            pass  # no processes (sandbox, out of memory): decode the rest here, slower but correct
+    for s in starts[done:]:
+        arr, ok, errs = _decode_chunk(list(paths[s : s + step]), size, mode)
+        yield s, arr, ok, errs
+
+
 def decode_images(
     paths: Sequence[str],
     size: int,
@@ -161,31 +215,13 @@ def decode_images(
         failed), a boolean mask of the files that decoded, and ``{index: reason}`` of the others.
     """
     n = len(paths)
-    workers = default_workers() if workers is None else max(1, workers)
-    if workers == 1 or n < max(min_parallel, 2):
-        images, ok, errs = _decode_chunk(list(paths), size, mode)
-        return images, ok, dict(errs)
-
     images = np.zeros((n, 3, size, size), dtype=np.uint8)
     ok = np.ones(n, dtype=bool)
     errors: dict[int, str] = {}
-    chunk = max(64, min(2048, math.ceil(n / (workers * 4))))
-    starts = list(range(0, n, chunk))
-    try:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_decode_chunk, list(paths[s : s + chunk]), size, mode) for s in starts
-            ]
-            for s, fut in zip(starts, futures, strict=True):
-                arr, chunk_ok, errs = fut.result()
-                images[s : s + len(arr)] = arr
-                ok[s : s + len(arr)] = chunk_ok
-                errors.update({s + i: msg for i, msg in errs})
-    except (BrokenProcessPool, OSError):
-        # No processes (sandbox, out of memory): decode here instead, slower but correct.
-        images, ok, errs = _decode_chunk(list(paths), size, mode)
-        errors = dict(errs)
+    for s, arr, chunk_ok, errs in iter_decoded(paths, size, mode, workers, min_parallel):
+        images[s : s + len(arr)] = arr
+        ok[s : s + len(arr)] = chunk_ok
+        errors.update({s + i: msg for i, msg in errs})
     return images, ok, errors
 
 

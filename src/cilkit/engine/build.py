@@ -16,6 +16,7 @@ from cilkit.config import ExperimentConfig
 from cilkit.config.source import ConfigSource
 from cilkit.config.validate import validate_experiment
 from cilkit.data.base import DatasetSplits, create_dataset
+from cilkit.data.manifest import attach_manifest
 from cilkit.data.transforms import BatchTransform, resolve_preset
 from cilkit.engine.data import DeviceSplit
 from cilkit.engine.distributed import Distributed
@@ -78,7 +79,7 @@ def build_run(
         torch.set_num_threads(cfg.engine.num_threads)
     device = resolve_device(cfg.engine, dist.local_rank if dist.world_size > 1 else None)
     dist.init(device)
-    dataset = create_dataset(cfg.data)
+    dataset = attach_manifest(cfg.data, create_dataset(cfg.data))  # checks data.manifest
     validate_experiment(cfg, dataset.num_classes, source)
     if cfg.scenario.long_tail is not None:
         try:

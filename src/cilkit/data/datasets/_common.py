@@ -146,6 +146,38 @@ def save_cache(path: Path, arrays: Mapping[str, np.ndarray]) -> bool:
     return True
 
 
+USER_CACHE_ENV = "CILKIT_CACHE_DIR"
+"""Environment variable naming the cache folder used when a dataset folder is read-only."""
+
+
+def user_cache_root() -> Path:
+    """``$CILKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/cilkit``, else ``~/.cache/cilkit``."""
+    if os.environ.get(USER_CACHE_ENV):
+        return Path(os.environ[USER_CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(base).expanduser() / "cilkit"
+
+
+def writable_cache_dir(root: Path) -> Path | None:
+    """A cache folder that can be written for the dataset folder ``root``.
+
+    ``root/.cilkit_cache`` when it can be written, else a folder of its own under
+    :func:`user_cache_root` (named after ``root`` and a hash of its path), created as needed.
+
+    Returns:
+        The folder, or None when neither can be written.
+    """
+    own = user_cache_root() / f"{root.name or 'root'}-{fingerprint(str(root))[:12]}"
+    for folder in (root / CACHE_DIR, own):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return None
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """File name endings (lower case) taken as images in folders."""
 
