@@ -18,6 +18,13 @@ NUM_CLASSES = {
     "digits": 10,
     "fashion_mnist": 10,
     "tiny_imagenet": 100,
+    "imagenet100": 100,
+    "cub200": 200,
+    "imagenet_r": 200,
+    "imagenet_a": 200,
+    "objectnet": 200,
+    "omnibenchmark": 300,
+    "vtab": 50,
 }
 
 

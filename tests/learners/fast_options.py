@@ -3,15 +3,34 @@ training from scratch) and give it the memory it needs; every registry-generated
 them."""
 
 FAST = {
+    "acil": ["learner.buffer_size=64"],
     "bic": ["learner.bias_epochs=2"],
+    "dsal": ["learner.buffer_size=64", "learner.fit_batch_size=100"],
     "eeil": ["learner.finetune_epochs=2"],
     "foster": ["learner.compression_epochs=2"],
     "gdumb": ["learner.epochs=3"],
     "mislas": ["learner.stage2_epochs=2"],
     "podnet": ["learner.finetune_epochs=2"],
     "proto_ltcil": ["learner.bias_epochs=2"],
+    "ranpac": ["learner.M=64"],
     "ride": ["learner.router_epochs=2", "learner.reduce_dimension=false"],  # convnet4
 }
+
+
+TRAINED_TASKS = {
+    "acil": (0,),  # backpropagation on the first task only, then a frozen backbone
+    "dsal": (0,),
+    "fecam": (0,),
+    "ranpac": (),  # a frozen pre-trained model: nothing trains
+    "simplecil": (),
+}
+"""The tasks (0-based, of the tests' three) in which a learner trains, where it is not every
+task: the tests that interrupt or read a training epoch use these."""
+
+
+def trained_tasks(name: str, num_tasks: int = 3) -> tuple[int, ...]:
+    """The tasks in which ``name`` trains (every task unless :data:`TRAINED_TASKS` says)."""
+    return TRAINED_TASKS.get(name, tuple(range(num_tasks)))
 
 
 def fast_overrides(name: str) -> list[str]:

@@ -2,11 +2,14 @@
 
 from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.learners import (  # noqa: F401  (registration)
+    acil,
     bic,
     der,
     derpp,
+    dsal,
     eeil,
     ewc,
+    fecam,
     finetune,
     foster,
     gdumb,
@@ -20,8 +23,10 @@ from cilkit.learners import (  # noqa: F401  (registration)
     paco,
     podnet,
     proto_ltcil,
+    ranpac,
     replay,
     ride,
+    simplecil,
     wa,
 )
 from cilkit.learners.base import LEARNERS, Learner, create_learner, register_learner
