@@ -67,7 +67,7 @@ def test_bad_weights_are_one_line_errors(tmp_path):
         create_network(_backbone(pretrained_path=str(tmp_path / "missing.safetensors")), 3)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot read .*junk.pth as weights"):
+    with pytest.raises(ConfigError, match="pretrained_path: .*junk.pth: damaged or not a PyTorch"):
         create_network(_backbone(pretrained_path=str(junk)), 3)
     path, _ = _pretrained_file(tmp_path)
     wider = dict(KWARGS, embed_dim=48)

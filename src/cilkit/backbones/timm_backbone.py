@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from cilkit.backbones.base import Backbone, FeatureInfo, register_backbone
+from cilkit.backbones.weights.files import WeightsError, read_state_dict
 from cilkit.config.schema import BackboneConfig, FieldError
 from cilkit.errors import ConfigError, did_you_mean
 
@@ -95,30 +96,14 @@ def sha256_tensors(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a weights-only PyTorch file; a checkpoint wrapping
-    it under ``state_dict``/``model``/``module`` is unwrapped.
-
-    Raises:
-        ConfigError: the file cannot be read as weights.
-    """
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors through cilkit's one safe reader (:func:`read_state_dict`: safetensors,
+    or ``torch.load(weights_only=True)``, checkpoint wrappers unwrapped), DataParallel's
+    ``module.`` prefix dropped; its errors as the config field's one line."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any reader failure is the same one-line error)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"backbone.pretrained_path: cannot read {path} as weights ({first[:200]})"
-        ) from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"backbone.pretrained_path: {path} holds no tensor state dict")
+        state = read_state_dict(path)
+    except WeightsError as err:
+        raise ConfigError(f"backbone.pretrained_path: {err}") from None
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -156,7 +141,7 @@ class TimmBackbone(Backbone):
             if path.suffix == ".npz":
                 overlay = {"file": str(path), "custom_load": True}
             else:
-                overlay = {"state_dict": read_state_dict(path)}
+                overlay = {"state_dict": _read_weights(path)}
         kwargs = dict(cfg.kwargs)
         try:
             with _timm_load_reports() as reports:

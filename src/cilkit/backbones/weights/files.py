@@ -78,7 +78,8 @@ def _read_torch(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found or "weights_only" in text.lower() or "Unsupported operand" in text:
+        pickled = _starts_like_torch_file(path)
+        if pickled and (found or "weights_only" in text.lower() or "Unsupported operand" in text):
             what = f" ({found.group(1)})" if found else ""
             raise WeightsError(
                 f"{path}: refused: its pickle would run code or build objects other than tensors"
@@ -92,6 +93,15 @@ def _read_torch(path: Path) -> Any:
         raise WeightsError(
             f"{path}: cannot be read ({type(err).__name__}: {_first_line(err)})"
         ) from None
+
+
+def _starts_like_torch_file(path: Path) -> bool:
+    """Whether the file opens as ``torch.save`` writes one (a zip archive, or a pickle's PROTO
+    opcode in the legacy format): only then does an unpickler refusal mean a pickle that would
+    build objects, not bytes that were never a checkpoint."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _first_line(err: BaseException) -> str:

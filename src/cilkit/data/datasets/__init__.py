@@ -12,14 +12,11 @@ from cilkit.data.datasets.digits import load_digits
 from cilkit.data.datasets.fashion_mnist import load_fashion_mnist
 from cilkit.data.datasets.imagefolder import load_imagefolder
 from cilkit.data.datasets.imagenet100 import load_imagenet100
-from cilkit.data.datasets.imagenet_a import load_imagenet_a
-from cilkit.data.datasets.imagenet_r import load_imagenet_r
-from cilkit.data.datasets.objectnet import load_objectnet
-from cilkit.data.datasets.omnibenchmark import load_omnibenchmark
+from cilkit.data.datasets.pilot import BENCHMARKS as PILOT_BENCHMARKS
 from cilkit.data.datasets.tiny_imagenet import load_tiny_imagenet
-from cilkit.data.datasets.vtab import load_vtab
 
 __all__ = [
+    "PILOT_BENCHMARKS",
     "load_cifar10",
     "load_cifar100",
     "load_cub200",
@@ -27,10 +24,5 @@ __all__ = [
     "load_fashion_mnist",
     "load_imagefolder",
     "load_imagenet100",
-    "load_imagenet_a",
-    "load_imagenet_r",
-    "load_objectnet",
-    "load_omnibenchmark",
     "load_tiny_imagenet",
-    "load_vtab",
 ]
