@@ -8,24 +8,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from counting import CountingTrainer
 
 from cilkit.backbones import Frozen
 from cilkit.config import build_config
 from cilkit.contract import StepOutput, TrainingStage
-from cilkit.engine.trainer import Trainer
 from cilkit.learners import LEARNERS
-
-
-class Counting(Trainer):
-    def setup(self, dist=None):
-        parts = super().setup(dist)
-        self.parts, self.images = parts, 0
-
-        def count(module, inputs, output):
-            self.images += int(inputs[0].shape[0])
-
-        parts.learner.network.backbone.register_forward_hook(count)
-        return parts
 
 
 def _probe_stages(cached: bool, epochs: int = 3):
@@ -85,7 +73,7 @@ def test_a_probe_stage_reads_each_image_once(cached, tmp_path, monkeypatch):
     monkeypatch.setattr(cls, "stages", _probe_stages(cached), raising=False)
     cfg = _config()
     monkeypatch.setattr(cls, "cfg_optim", cfg.optim, raising=False)
-    trainer = Counting(cfg, tmp_path / "run", log=None)
+    trainer = CountingTrainer(cfg, tmp_path / "run", log=None)
     summary = trainer.fit()
     scenario = trainer.parts.train_scenario
     images = sum(len(scenario[t].indices) for t in range(scenario.num_tasks))
@@ -105,7 +93,7 @@ def test_both_ways_train_the_same_probe(tmp_path, monkeypatch):
         monkeypatch.setattr(cls, "stages", _probe_stages(cached), raising=False)
         cfg = _config()
         monkeypatch.setattr(cls, "cfg_optim", cfg.optim, raising=False)
-        trainer = Counting(cfg, tmp_path / f"run-{cached}", log=None)
+        trainer = CountingTrainer(cfg, tmp_path / f"run-{cached}", log=None)
         trainer.fit()
         heads.append(trainer.parts.learner.network.head.weight.detach().clone())
     torch.testing.assert_close(heads[0], heads[1], rtol=1e-4, atol=1e-5)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from counting import CountingTrainer
 from fast_options import fast_overrides
 
 from cilkit.config import build_config
 from cilkit.data.base import create_dataset
-from cilkit.engine.trainer import Trainer
 from cilkit.learners import LEARNERS, Learner
 
 
@@ -35,20 +35,6 @@ def _config(name: str, *overrides: str):
         "engine": {"progress": "none"},
     }
     return build_config(data, [*fast_overrides(name), *overrides])
-
-
-class CountingTrainer(Trainer):
-    """Counts the images that go through the learner's backbone, training and evaluation."""
-
-    def setup(self, dist=None):
-        parts = super().setup(dist)
-        self.parts, self.images = parts, 0
-
-        def count(module, inputs, output):
-            self.images += int(inputs[0].shape[0])
-
-        parts.learner.network.backbone.register_forward_hook(count)
-        return parts
 
 
 def results(summary: dict) -> dict:

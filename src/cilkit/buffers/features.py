@@ -73,6 +73,11 @@ class FeatureCache:
         self._rows: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}  # flip -> (slot, feats)
         self.computed = 0  # samples whose features were computed (tests and profiles read it)
 
+    def clear(self) -> None:
+        """Forget every cached feature (``computed`` keeps counting)."""
+        self._split = self._fn = self._key = self._amp = None
+        self._rows = {}
+
     def get(
         self,
         split: DeviceSplit,

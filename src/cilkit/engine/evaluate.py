@@ -56,12 +56,11 @@ class TestFeatures:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.cache = FeatureCache()
-        self._computed_before = 0
 
     @property
     def computed(self) -> int:
         """Test images whose features were computed so far (each forward pass counted)."""
-        return self._computed_before + self.cache.computed
+        return self.cache.computed
 
     def features(
         self,
@@ -74,14 +73,34 @@ class TestFeatures:
         """The features of every sample of ``blocks`` (concatenated in block order)."""
         frozen = not any(p.requires_grad for p in extractor.parameters())
         if not (self.enabled and frozen):
-            self._computed_before += self.cache.computed
-            self.cache = FeatureCache()
+            self.cache.clear()
         return torch.cat(
             [
                 self.cache.get(split, extractor, extractor, b, batch_size, amp=amp_dtype)
                 for b in blocks
             ]
         )
+
+
+def predict_seen(
+    learner: Any,
+    split: DeviceSplit,
+    scenario: Any,
+    task_id: int,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+    cache: TestFeatures,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """Predictions on the test samples of tasks ``0..task_id`` of ``scenario``: through the
+    learner's evaluation extractor and ``cache``, task block by task block, where it declares
+    one (:meth:`~cilkit.learners.base.Learner.evaluation_extractor`), else
+    :func:`predict_split` in dataset order."""
+    extractor = learner.evaluation_extractor()
+    if extractor is None:
+        seen = scenario[: task_id + 1].indices
+        return predict_split(learner, split, seen, batch_size, amp_dtype)
+    blocks = [scenario[k].indices for k in range(task_id + 1)]
+    return predict_features_split(learner, extractor, cache, split, blocks, batch_size, amp_dtype)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from cilkit.data.samplers import create_sampler
 from cilkit.engine.build import RunParts, build_run, to_device
 from cilkit.engine.checkpointing import config_fingerprint, restore, write_checkpoint
 from cilkit.engine.distributed import Distributed
-from cilkit.engine.evaluate import predict_features_split, predict_split, task_metrics
+from cilkit.engine.evaluate import predict_seen, task_metrics
 from cilkit.engine.interrupts import InterruptHandler
 from cilkit.engine.logger import RunLogger, capture_records
 from cilkit.engine.loop import PHASE_ORDER, Loop, Phase, run_loop, run_stage
@@ -361,22 +361,15 @@ class Trainer:
         seen = run.parts.test_scenario[: t + 1]
         learner = run.learner
         learner.reset_evaluation_stats()
-        extractor = learner.evaluation_extractor()
-        if extractor is None:
-            top1, top5, targets = predict_split(
-                learner, run.parts.test, seen.indices, cfg.train.eval_batch_size, run.amp
-            )
-        else:
-            blocks = [run.parts.test_scenario[k].indices for k in range(t + 1)]
-            top1, top5, targets = predict_features_split(
-                learner,
-                extractor,
-                run.test_features,
-                run.parts.test,
-                blocks,
-                cfg.train.eval_batch_size,
-                run.amp,
-            )
+        top1, top5, targets = predict_seen(
+            learner,
+            run.parts.test,
+            run.parts.test_scenario,
+            t,
+            cfg.train.eval_batch_size,
+            run.amp,
+            run.test_features,
+        )
         stats = {k: float(v) for k, v in learner.evaluation_stats().items()}
         record = {
             "task_id": t,
