@@ -2,10 +2,18 @@
 training from scratch) and give it the memory it needs; every registry-generated test applies
 them."""
 
+TINY_VIT = (
+    "backbone={name: timm, model: vit_tiny_patch16_224, "
+    "kwargs: {img_size: 8, patch_size: 4, depth: 2, embed_dim: 24, num_heads: 3}}"
+)
+"""A randomly initialised two-block ViT for digits' 8x8 images (methods that tune a ViT)."""
+
 FAST = {
     "acil": ["learner.buffer_size=64"],
+    "aper": [TINY_VIT],
     "bic": ["learner.bias_epochs=2"],
     "dsal": ["learner.buffer_size=64", "learner.fit_batch_size=100"],
+    "ease": [TINY_VIT],
     "eeil": ["learner.finetune_epochs=2"],
     "foster": ["learner.compression_epochs=2"],
     "gdumb": ["learner.epochs=3"],
@@ -19,6 +27,7 @@ FAST = {
 
 TRAINED_TASKS = {
     "acil": (0,),  # backpropagation on the first task only, then a frozen backbone
+    "aper": (0,),  # a PEFT module adapted on the first task only
     "dsal": (0,),
     "fecam": (0,),
     "ranpac": (),  # a frozen pre-trained model: nothing trains

@@ -95,3 +95,17 @@ def test_one_backbone_pass_per_image_over_a_ten_task_simplecil_run(tmp_path):
     assert results(json.loads((tmp_path / "on" / "summary.json").read_text())) == results(
         json.loads((tmp_path / "off" / "summary.json").read_text())
     )
+
+
+def test_a_growing_ensemble_runs_only_its_new_branch_over_old_test_images(tmp_path):
+    """EASE adds an adapter branch per task: with the cache, evaluation ``t`` runs every branch
+    over task ``t``'s new test images and only the new branch over the older ones; without it,
+    every branch over every seen image. Training passes are the same in both runs."""
+    on = CountingTrainer(_config("ease"), tmp_path / "on", log=None)
+    off = CountingTrainer(_config("ease", "engine.feature_cache=false"), tmp_path / "off", log=None)
+    on.fit(), off.fit()
+    test = on.parts.test_scenario
+    seen = [len(test[: t + 1].indices) for t in range(test.num_tasks)]
+    # branches t+1 over the seen images, minus what the cache kept: t old branches x old images
+    saved = sum(t * seen[t - 1] for t in range(1, test.num_tasks))
+    assert off.images - on.images == saved > 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from cilkit.buffers.features import FeatureCache
 from cilkit.engine.data import DeviceSplit
@@ -47,7 +49,9 @@ class TestFeatures:
     and give bit-identical results. With the cache, a block is computed once while the
     extractor's parameters and buffers keep their values (a fingerprint check, not a promise:
     :class:`~cilkit.buffers.features.FeatureCache`) and the extractor has no trainable
-    parameter; an extractor that still trains is recomputed at every evaluation.
+    parameter; an extractor that still trains is recomputed at every evaluation. An extractor
+    given as a sequence of modules (the branches of an ensemble that grows by one per task,
+    EASE's adapters) is cached per module, so only a new branch runs over the old tasks' images.
 
     Args:
         enabled: keep features between evaluations.
@@ -55,31 +59,37 @@ class TestFeatures:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.cache = FeatureCache()
+        self.caches: list[FeatureCache] = []
 
     @property
     def computed(self) -> int:
-        """Test images whose features were computed so far (each forward pass counted)."""
-        return self.cache.computed
+        """Test images whose features were computed so far (each forward pass of each
+        extractor counted)."""
+        return sum(cache.computed for cache in self.caches)
 
     def features(
         self,
-        extractor: torch.nn.Module,
+        extractor: nn.Module | Sequence[nn.Module],
         split: DeviceSplit,
         blocks: list[torch.Tensor],
         batch_size: int,
         amp_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """The features of every sample of ``blocks`` (concatenated in block order)."""
-        frozen = not any(p.requires_grad for p in extractor.parameters())
-        if not (self.enabled and frozen):
-            self.cache.clear()
-        return torch.cat(
-            [
-                self.cache.get(split, extractor, extractor, b, batch_size, amp=amp_dtype)
-                for b in blocks
-            ]
-        )
+        """The features of every sample of ``blocks`` (concatenated in block order); for a
+        sequence of extractors (the branches of a growing ensemble), each one's features side
+        by side, each kept in a cache of its own."""
+        parts = [extractor] if isinstance(extractor, nn.Module) else list(extractor)
+        while len(self.caches) < len(parts):
+            self.caches.append(FeatureCache())
+        rows = []
+        for block in blocks:
+            row = []
+            for module, cache in zip(parts, self.caches, strict=False):
+                if not (self.enabled and not any(p.requires_grad for p in module.parameters())):
+                    cache.clear()
+                row.append(cache.get(split, module, module, block, batch_size, amp=amp_dtype))
+            rows.append(torch.cat(row, dim=1))
+        return torch.cat(rows)
 
 
 def predict_seen(

@@ -3,10 +3,12 @@
 from cilkit.contract import Batch, StepOutput, TaskContext, TrainingStage
 from cilkit.learners import (  # noqa: F401  (registration)
     acil,
+    aper,
     bic,
     der,
     derpp,
     dsal,
+    ease,
     eeil,
     ewc,
     fecam,

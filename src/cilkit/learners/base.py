@@ -31,7 +31,7 @@ eval mode whatever the engine calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -168,7 +168,7 @@ class Learner(nn.Module):
         """CNN logits, and nearest-mean-of-exemplars scores when class means exist."""
         return self.predict_features(self.network.forward_features(x))
 
-    def evaluation_extractor(self) -> nn.Module | None:
+    def evaluation_extractor(self) -> nn.Module | Sequence[nn.Module] | None:
         """The frozen module whose output :meth:`predict_features` turns into scores, when the
         method's predictions are a function of it alone (prototype and analytic methods), else
         None (``predict`` runs on the images).
@@ -176,7 +176,10 @@ class Learner(nn.Module):
         When it returns a module without trainable parameters, the engine computes each test
         image's features once and serves them from a cache while the module's values stay the
         same (``engine.feature_cache``), instead of running the network over every seen class
-        at every evaluation; a module with trainable parameters is recomputed every time."""
+        at every evaluation; a module with trainable parameters is recomputed every time.
+        A sequence of modules (the branches of a growing ensemble) gives features side by
+        side, each module cached on its own values: the same objects at every call, so that
+        only a branch that is new or changed runs again."""
         return None
 
     @torch.no_grad()
