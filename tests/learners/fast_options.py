@@ -37,6 +37,13 @@ TRAINED_TASKS = {
 task: the tests that interrupt or read a training epoch use these."""
 
 
+VARIANTS = [
+    ("ranpac", (TINY_VIT, "learner.adapt=true"), (0,)),  # first-session PEFT adaptation
+]
+"""Configurations of a learner that train where its default does not, as (name, overrides,
+trained tasks): the contract tests that interrupt training run these too."""
+
+
 def trained_tasks(name: str, num_tasks: int = 3) -> tuple[int, ...]:
     """The tasks in which ``name`` trains (every task unless :data:`TRAINED_TASKS` says)."""
     return TRAINED_TASKS.get(name, tuple(range(num_tasks)))

@@ -269,11 +269,46 @@ def test_each_training_image_is_read_once_and_un_augmented(runs, name):
     assert r.learner.stored_samples() == 0 and r.learner.memory is None
 
 
-def test_ranpac_adaptation_is_refused_until_it_is_wired():
-    with pytest.raises(
-        ConfigError, match="adapt=true: first-session adaptation is not wired into ranpac yet"
-    ):
-        config("ranpac", "learner.adapt=true")
+def test_ranpac_adapts_a_peft_module_on_the_first_task_then_projects_the_adapted_features(
+    tmp_path,
+):
+    """``adapt``: the adapter and the cosine head train on task 0 (the ViT's own weights never),
+    then the adapted model is frozen; every task's ridge statistics, the first one's included,
+    are of the adapted features (the authors' ``setup_RP`` and ``replace_fc`` after training)."""
+    pytest.importorskip("timm")
+    from fast_options import TINY_VIT
+
+    r = run("ranpac", tmp_path, TINY_VIT, "learner.adapt=true")
+    learner = r.learner
+    vit = {k: v for k, v in r.initial.items() if k.startswith("model.")}
+    assert vit and all(torch.equal(v, s[k]) for s in r.backbones for k, v in vit.items())
+    adapter = [k for k in r.initial if k.startswith("peft.")]
+    assert any(not torch.equal(r.initial[k], r.backbones[0][k]) for k in adapter)
+    assert all(torch.equal(r.backbones[0][k], s[k]) for s in r.backbones[1:] for k in adapter)
+    assert learner.backbone_frozen
+    assert not any(p.requires_grad for p in learner.network.backbone.parameters())
+    for t, (features, _) in enumerate(r.features):  # the frozen adapted model's features
+        idx = r.parts.train.indices_of(r.parts.train_scenario.task_info(t).new_classes)
+        with torch.no_grad():
+            now = torch.cat(
+                [learner.network.backbone(b.x) for b in r.parts.train.eval_batches(idx, 256)]
+            )
+        torch.testing.assert_close(now, features, rtol=1e-5, atol=1e-6)
+        if t == 0:  # the adapter changed what the pre-trained model computes
+            with learner.network.backbone.module.peft.disabled(), torch.no_grad():
+                plain = learner.network.backbone(next(r.parts.train.eval_batches(idx, 16)).x)
+            assert not torch.allclose(plain, now[:16], atol=1e-4)
+    features, labels = seen(r)
+    H = learner.projection(features)
+    reference = ridge(H, one_hot(labels, 10), learner.chosen_ridges[-1].item())
+    # 64 projections of 24-wide features: a rank-deficient Gram matrix, so summing it per task
+    # or at once differs in the last digits of a small ridge's solution
+    torch.testing.assert_close(learner.output_weight, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_ranpac_names_a_peft_module_only_when_it_adapts():
+    with pytest.raises(ConfigError, match="learner.peft=ssf: tunes a module only with adapt: true"):
+        config("ranpac", "learner.peft=ssf")
 
 
 TIMM = {

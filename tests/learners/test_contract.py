@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fast_options import fast_overrides, trained_tasks
+from fast_options import VARIANTS, fast_overrides, trained_tasks
 
 from cilkit.config import build_config
 from cilkit.contract import Batch
@@ -123,6 +123,23 @@ def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(
     task = 1 if 1 in tasks else tasks[-1]
     cfg = tiny(name)
     expected = results(full_run(name).summary)
+    _interrupt_in_main_training(monkeypatch, LEARNERS.get(name).obj, task=task, epoch=1)
+    with pytest.raises(RunInterrupted, match=f"task {task}, epoch 1"):
+        Trainer(cfg, tmp_path / "cut", log=None).fit()
+    monkeypatch.undo()
+    summary = Trainer(cfg, tmp_path / "cut", log=None).fit(resume=True)
+    assert results(summary) == expected
+
+
+@pytest.mark.parametrize(("name", "overrides", "tasks"), VARIANTS)
+def test_ctrl_c_inside_a_task_of_a_variant_resumes_to_the_uninterrupted_result(
+    name, overrides, tasks, tmp_path, monkeypatch
+):
+    """The same promise for the learner configurations that train where the default does not
+    (:data:`fast_options.VARIANTS`)."""
+    cfg = tiny(name, *overrides)
+    expected = results(Trainer(cfg, tmp_path / "full", log=None).fit())
+    task = tasks[-1]
     _interrupt_in_main_training(monkeypatch, LEARNERS.get(name).obj, task=task, epoch=1)
     with pytest.raises(RunInterrupted, match=f"task {task}, epoch 1"):
         Trainer(cfg, tmp_path / "cut", log=None).fit()

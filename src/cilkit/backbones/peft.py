@@ -35,17 +35,56 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cilkit.config.schema import FieldError
 from cilkit.errors import ConfigError
 
 PEFT_METHODS = ("adapter", "ssf", "vpt_shallow", "vpt_deep")
 """The methods :func:`create_peft` builds."""
+
+
+@dataclass(frozen=True)
+class PEFTOptions:
+    """A learner config's choice of PEFT module and its sizes, as APER's code names them (a
+    mixin: ``class APERConfig(PEFTOptions, SimpleCILConfig)``; call :meth:`check_peft` from the
+    config's ``__post_init__``)."""
+
+    peft: Literal["adapter", "ssf", "vpt_shallow", "vpt_deep"] = "adapter"
+    """The module tuned (the code's ``aper_adapter``, ``aper_ssf``, ``aper_vpt`` with
+    ``vpt_type`` shallow or deep; RanPAC's ``adapter``, ``ssf``, ``vpt``)."""
+    adapter_bottleneck: int = 64
+    """Adapter width (the code's ``ffn_num``)."""
+    adapter_scale: float = 0.1
+    """Adapter output scale (``ffn_adapter_scalar``)."""
+    adapter_dropout: float = 0.1
+    """Dropout inside the adapters while training."""
+    prompt_tokens: int = 5
+    """VPT prompt tokens (``prompt_token_num``), per block for ``vpt_deep``."""
+
+    def check_peft(self) -> None:
+        """Refuse out-of-range sizes (a :class:`FieldError` naming the field)."""
+        if self.adapter_bottleneck < 1:
+            raise FieldError("adapter_bottleneck", "must be >= 1")
+        if not 0 <= self.adapter_dropout < 1:
+            raise FieldError("adapter_dropout", "must be in [0, 1)")
+        if self.prompt_tokens < 1:
+            raise FieldError("prompt_tokens", "must be >= 1")
+
+    def peft_options(self) -> dict[str, Any]:
+        """:func:`create_peft`'s options from these fields."""
+        return {
+            "bottleneck": self.adapter_bottleneck,
+            "scale": self.adapter_scale,
+            "dropout": self.adapter_dropout,
+            "prompts": self.prompt_tokens,
+        }
 
 
 class PEFTModule(nn.Module):

@@ -4,51 +4,24 @@ pre-trained and the adapted model's features side by side."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from torch import nn
 
 from cilkit.backbones import Frozen, unfrozen
-from cilkit.backbones.peft import PEFTBranches, attach_peft
+from cilkit.backbones.peft import PEFTBranches, PEFTOptions, attach_peft
 from cilkit.components.analytic import ClassStatistics
-from cilkit.config.schema import FieldError
 from cilkit.contract import Parameters, TaskContext
 from cilkit.learners.base import register_learner
 from cilkit.learners.simplecil import SimpleCIL, SimpleCILConfig
 
 
 @dataclass(frozen=True)
-class APERConfig(SimpleCILConfig):
+class APERConfig(PEFTOptions, SimpleCILConfig):
     name: str = "aper"
-    peft: Literal["adapter", "ssf", "vpt_shallow", "vpt_deep"] = "adapter"
-    """The module tuned on the first task (the code's ``aper_adapter``, ``aper_ssf``,
-    ``aper_vpt`` with ``vpt_type`` shallow or deep)."""
-    adapter_bottleneck: int = 64
-    """Adapter width (the code's ``ffn_num``)."""
-    adapter_scale: float = 0.1
-    """Adapter output scale (``ffn_adapter_scalar``)."""
-    adapter_dropout: float = 0.1
-    """Dropout inside the adapters while training."""
-    prompt_tokens: int = 5
-    """VPT prompt tokens (``prompt_token_num``), per block for ``vpt_deep``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.adapter_bottleneck < 1:
-            raise FieldError("adapter_bottleneck", "must be >= 1")
-        if not 0 <= self.adapter_dropout < 1:
-            raise FieldError("adapter_dropout", "must be in [0, 1)")
-        if self.prompt_tokens < 1:
-            raise FieldError("prompt_tokens", "must be >= 1")
-
-    def peft_options(self) -> dict[str, Any]:
-        """:func:`~cilkit.backbones.peft.create_peft`'s options from this config."""
-        return {
-            "bottleneck": self.adapter_bottleneck,
-            "scale": self.adapter_scale,
-            "dropout": self.adapter_dropout,
-            "prompts": self.prompt_tokens,
-        }
+        self.check_peft()
 
 
 @register_learner("aper")
