@@ -153,6 +153,16 @@ def test_preprocessing_comes_from_the_model_unless_overridden():
     assert torch.equal(t.eval(x), torch.ones(1, 1, 8, 8))  # stored size: pixels untouched
     with pytest.raises(ConfigError, match="data.mean: 3 values for 1-channel images"):
         model_transform(_run_cfg("data.mean=[0.1,0.2,0.3]"), dataset, net.backbone)
+    t = model_transform(_run_cfg("data.crop_pct=0.5"), dataset, net.backbone)
+    assert t.crop_pct == 0.5  # the key over the model's 0.9: the centre 4 x 4 of 8 x 8, resized
+    ramp = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8)
+    centre = model_transform(
+        _run_cfg("data.input_size=4", "data.crop_pct=0.5"), dataset, net.backbone
+    )
+    expected = (ramp[..., 2:6, 2:6].float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(centre.eval(ramp), expected)
+    with pytest.raises(ConfigError, match="crop_pct.*must be in \\(0, 1\\]"):
+        _run_cfg("data.crop_pct=1.5")
 
 
 def test_a_run_records_what_it_loaded(tmp_path):

@@ -65,6 +65,11 @@ class DataConfig:
     config), else the dataset's."""
     std: tuple[float, ...] | None = None
     """Per-channel normalisation standard deviation; None = as ``mean``."""
+    crop_pct: float | None = None
+    """The centre share of each test image that evaluation keeps before resizing it to
+    ``input_size`` (timm's and PILOT's ``Resize(S / crop_pct)`` + ``CenterCrop(S)``: 224/256 =
+    0.875 in APER's, RanPAC's and EASE's code); None = the backbone's (a timm model's data
+    config, 0.9 for most ViTs), else 1 (the whole image)."""
     in_memory: bool | None = None
     """Hold decoded images as one uint8 tensor; None = automatic (small images only)."""
     on_unreadable: Literal["skip", "error"] = "skip"
@@ -88,6 +93,9 @@ class DataConfig:
         _check(self.image_size is None or self.image_size >= 4, "image_size", "must be >= 4")
         _check(self.input_size is None or self.input_size >= 4, "input_size", "must be >= 4")
         _check(self.std is None or all(v > 0 for v in self.std), "std", "must be > 0")
+        _check(
+            self.crop_pct is None or 0 < self.crop_pct <= 1, "crop_pct", "must be in (0, 1]"
+        )
         _check(
             self.mean is None or self.std is None or len(self.mean) == len(self.std),
             "std",

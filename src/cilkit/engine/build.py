@@ -133,8 +133,8 @@ def model_transform(
 ) -> BatchTransform:
     """The device-side preprocessing of a run: the backbone's own input size, interpolation,
     crop share and statistics (``backbone.data_config``, a timm model's data config) where it
-    has them, else the dataset's; ``data.input_size``, ``data.mean`` and ``data.std`` override
-    both. A backbone with a data config trains with the ``ptm`` preset unless
+    has them, else the dataset's; ``data.input_size``, ``data.crop_pct``, ``data.mean`` and
+    ``data.std`` override both. A backbone with a data config trains with the ``ptm`` preset unless
     ``data.augment.preset`` names another."""
     source = ConfigSource.of(source)
     model = getattr(backbone, "data_config", None) or {}
@@ -153,7 +153,7 @@ def model_transform(
             channels_last=cfg.engine.channels_last,
             input_size=cfg.data.input_size or model.get("input_size"),
             interpolation=model.get("interpolation", "bilinear"),
-            crop_pct=model.get("crop_pct", 1.0),
+            crop_pct=cfg.data.crop_pct or model.get("crop_pct", 1.0),
         )
     except ConfigError as err:
         raise source.error("backbone", str(err)) from None
