@@ -121,14 +121,17 @@ def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(
     if not tasks:
         pytest.skip(f"{name} trains in no task: there is no training to interrupt")
     task = 1 if 1 in tasks else tasks[-1]
-    cfg = tiny(name)
-    expected = results(full_run(name).summary)
+    _assert_resumes(name, tiny(name), task, full_run(name).summary, tmp_path, monkeypatch)
+
+
+def _assert_resumes(name, cfg, task: int, expected: dict, tmp_path, monkeypatch) -> None:
+    """Ctrl-C in training epoch 1 of ``task``, then ``--resume``: the uninterrupted summary."""
     _interrupt_in_main_training(monkeypatch, LEARNERS.get(name).obj, task=task, epoch=1)
     with pytest.raises(RunInterrupted, match=f"task {task}, epoch 1"):
         Trainer(cfg, tmp_path / "cut", log=None).fit()
     monkeypatch.undo()
     summary = Trainer(cfg, tmp_path / "cut", log=None).fit(resume=True)
-    assert results(summary) == expected
+    assert results(summary) == results(expected)
 
 
 @pytest.mark.parametrize(("name", "overrides", "tasks"), VARIANTS)
@@ -138,14 +141,8 @@ def test_ctrl_c_inside_a_task_of_a_variant_resumes_to_the_uninterrupted_result(
     """The same promise for the learner configurations that train where the default does not
     (:data:`fast_options.VARIANTS`)."""
     cfg = tiny(name, *overrides)
-    expected = results(Trainer(cfg, tmp_path / "full", log=None).fit())
-    task = tasks[-1]
-    _interrupt_in_main_training(monkeypatch, LEARNERS.get(name).obj, task=task, epoch=1)
-    with pytest.raises(RunInterrupted, match=f"task {task}, epoch 1"):
-        Trainer(cfg, tmp_path / "cut", log=None).fit()
-    monkeypatch.undo()
-    summary = Trainer(cfg, tmp_path / "cut", log=None).fit(resume=True)
-    assert results(summary) == expected
+    expected = Trainer(cfg, tmp_path / "full", log=None).fit()
+    _assert_resumes(name, cfg, tasks[-1], expected, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
