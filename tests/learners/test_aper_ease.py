@@ -282,3 +282,8 @@ def test_ease_with_the_pretrained_subspace_leads_with_it_and_weighs_it_by_beta(t
         x = next(ctx.train.eval_batches(torch.arange(6), 6)).x
         expected = _authors_scores(ensemble(x), P.float(), [4, 3, 3], 0.1, ptm=True, beta=0.5)
         torch.testing.assert_close(learner.predict(x)["cnn"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ease_refuses_a_peft_module_other_than_its_adapters():
+    with pytest.raises(ConfigError, match="learner.peft=ssf: ease expands by adapters"):
+        _config("ease", "learner.peft=ssf")

@@ -81,14 +81,19 @@ class TestFeatures:
         parts = [extractor] if isinstance(extractor, nn.Module) else list(extractor)
         while len(self.caches) < len(parts):
             self.caches.append(FeatureCache())
-        rows = []
-        for block in blocks:
-            row = []
-            for module, cache in zip(parts, self.caches, strict=False):
-                if not (self.enabled and not any(p.requires_grad for p in module.parameters())):
-                    cache.clear()
-                row.append(cache.get(split, module, module, block, batch_size, amp=amp_dtype))
-            rows.append(torch.cat(row, dim=1))
+        for module, cache in zip(parts, self.caches, strict=False):
+            if not self.enabled or any(p.requires_grad for p in module.parameters()):
+                cache.clear()  # the blocks are disjoint: each is computed once, afresh
+        rows = [
+            torch.cat(
+                [
+                    cache.get(split, module, module, block, batch_size, amp=amp_dtype)
+                    for module, cache in zip(parts, self.caches, strict=False)
+                ],
+                dim=1,
+            )
+            for block in blocks
+        ]
         return torch.cat(rows)
 
 

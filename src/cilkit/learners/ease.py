@@ -10,21 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from cilkit.backbones import CosineLinear
-from cilkit.backbones.peft import ParallelAdapters, PEFTBranches, attach_peft
+from cilkit.backbones.peft import ParallelAdapters, PEFTBranches, PEFTOptions, attach_peft
 from cilkit.config.schema import FieldError, LearnerConfig
 from cilkit.contract import Batch, Parameters, StepOutput, TaskContext
 from cilkit.learners.base import Learner, register_learner
 
 
 @dataclass(frozen=True)
-class EASEConfig(LearnerConfig):
+class EASEConfig(PEFTOptions, LearnerConfig):
+    """EASE's options; of :class:`PEFTOptions` only the adapter's (the code's VTAB script sets
+    ``adapter_bottleneck`` 16)."""
+
     name: str = "ease"
-    adapter_bottleneck: int = 64
-    """Adapter width (the code's ``ffn_num``; its VTAB script: 16)."""
-    adapter_scale: float = 0.1
-    """Adapter output scale (``ffn_adapter_scalar``)."""
-    adapter_dropout: float = 0.1
-    """Dropout inside the adapter while it trains."""
     alpha: float = 0.1
     """Weight of a class's cosines in the other tasks' subspaces, divided by the number of
     tasks so far minus one (the code's ``alpha / cur_task``); its own subspace weighs 1."""
@@ -42,10 +39,9 @@ class EASEConfig(LearnerConfig):
     """Weight of the pre-trained subspace's cosine at inference (``beta``)."""
 
     def __post_init__(self) -> None:
-        if self.adapter_bottleneck < 1:
-            raise FieldError("adapter_bottleneck", "must be >= 1")
-        if not 0 <= self.adapter_dropout < 1:
-            raise FieldError("adapter_dropout", "must be in [0, 1)")
+        self.check_peft()
+        if self.peft != "adapter":
+            raise FieldError("peft", "ease expands by adapters: only 'adapter'")
         if self.rebalance is not None:
             raise FieldError("rebalance", "ease classifies by prototypes: no rebalancing")
 
@@ -119,8 +115,7 @@ class EASE(Learner):
     def __init__(self, cfg, network, memory_cfg, build_backbone=None) -> None:
         super().__init__(cfg, network, memory_cfg, build_backbone)
         vit = network.backbone
-        options = {"scale": cfg.adapter_scale, "dropout": cfg.adapter_dropout}
-        attach_peft(vit, "adapter", "learner 'ease'", bottleneck=cfg.adapter_bottleneck, **options)
+        attach_peft(vit, "adapter", "learner 'ease'", **cfg.peft_options())
         network.backbone = PEFTBranches(vit, cfg.pretrained_subspace)
         self.dim = int(vit.out_dim)
         self.task_head = CosineLinear(self.dim)
