@@ -121,17 +121,43 @@ def test_ctrl_c_inside_a_task_resumes_to_the_uninterrupted_result(
     if not tasks:
         pytest.skip(f"{name} trains in no task: there is no training to interrupt")
     task = 1 if 1 in tasks else tasks[-1]
-    _assert_resumes(name, tiny(name), task, full_run(name).summary, tmp_path, monkeypatch)
+    run = full_run(name)
+    _assert_resumes(name, tiny(name), task, run.summary, run.dir, tmp_path, monkeypatch)
 
 
-def _assert_resumes(name, cfg, task: int, expected: dict, tmp_path, monkeypatch) -> None:
-    """Ctrl-C in training epoch 1 of ``task``, then ``--resume``: the uninterrupted summary."""
+def _assert_resumes(name, cfg, task: int, expected: dict, full: Path, tmp_path, monkeypatch):
+    """Ctrl-C in training epoch 1 of ``task``, then ``--resume``: the uninterrupted summary and
+    the uninterrupted run's final learner state, tensor for tensor (metrics alone can agree
+    while a state the resumed run lost, such as which task's prompt it trains, differs)."""
+    from cilkit.engine.checkpoint import latest_checkpoint, load_checkpoint
+
     _interrupt_in_main_training(monkeypatch, LEARNERS.get(name).obj, task=task, epoch=1)
     with pytest.raises(RunInterrupted, match=f"task {task}, epoch 1"):
         Trainer(cfg, tmp_path / "cut", log=None).fit()
     monkeypatch.undo()
     summary = Trainer(cfg, tmp_path / "cut", log=None).fit(resume=True)
     assert results(summary) == results(expected)
+    final = {
+        which: load_checkpoint(latest_checkpoint(d / "checkpoints"))["learner"]
+        for which, d in (("full", full), ("resumed", tmp_path / "cut"))
+    }
+    assert list(final["full"]) == list(final["resumed"])
+    differ = [k for k, v in final["full"].items() if not _same_value(v, final["resumed"][k])]
+    assert not differ, f"after resuming, these differ from the uninterrupted run: {differ}"
+
+
+def _same_value(a, b) -> bool:
+    """``a`` and ``b`` equal, tensors bit for bit, inside dicts and sequences too (a memory's
+    state is a dict of tensors)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and list(a) == list(b) and all(_same_value(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same_value, a, b))
+    return a == b
 
 
 @pytest.mark.parametrize(("name", "overrides", "tasks"), VARIANTS)
@@ -142,7 +168,7 @@ def test_ctrl_c_inside_a_task_of_a_variant_resumes_to_the_uninterrupted_result(
     (:data:`fast_options.VARIANTS`)."""
     cfg = tiny(name, *overrides)
     expected = Trainer(cfg, tmp_path / "full", log=None).fit()
-    _assert_resumes(name, cfg, tasks[-1], expected, tmp_path, monkeypatch)
+    _assert_resumes(name, cfg, tasks[-1], expected, tmp_path / "full", tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -191,6 +217,31 @@ def test_every_predict_key_reaches_the_table_summary_and_plots(name, full_run):
         assert (run_dir / "plots" / plot).exists()
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["classifiers"] == keys
+
+
+@pytest.mark.parametrize("name", LEARNERS.names())
+def test_a_query_extractor_is_frozen_and_predict_equals_predict_queried(name, full_run):
+    """A learner that takes its query from the engine's test-feature cache (L2P's frozen query
+    ViT) predicts the same from the images alone, and its query model cannot train (or the
+    cache would serve stale queries)."""
+    from cilkit.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    run_dir = full_run(name).dir
+    parts = Trainer(tiny(name), run_dir, log=None).setup()
+    learner = parts.learner
+    learner.load_state_dict(load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))["learner"])
+    query = learner.query_extractor()
+    if query is None:
+        pytest.skip(f"{name} declares no query extractor")
+    learner.train()  # the engine evaluates in eval mode; the query model must be so anyway
+    assert not query.training and not any(p.requires_grad for p in query.parameters())
+    learner.eval()
+    x = next(parts.test.eval_batches(torch.arange(5), 5)).x
+    with torch.no_grad():
+        direct, queried = learner.predict(x), learner.predict_queried(x, query(x))
+    assert list(direct) == list(queried)
+    for key in direct:
+        assert torch.equal(direct[key], queried[key]), key
 
 
 @pytest.mark.parametrize("name", LEARNERS.names())

@@ -93,9 +93,7 @@ class DataConfig:
         _check(self.image_size is None or self.image_size >= 4, "image_size", "must be >= 4")
         _check(self.input_size is None or self.input_size >= 4, "input_size", "must be >= 4")
         _check(self.std is None or all(v > 0 for v in self.std), "std", "must be > 0")
-        _check(
-            self.crop_pct is None or 0 < self.crop_pct <= 1, "crop_pct", "must be in (0, 1]"
-        )
+        _check(self.crop_pct is None or 0 < self.crop_pct <= 1, "crop_pct", "must be in (0, 1]")
         _check(
             self.mean is None or self.std is None or len(self.mean) == len(self.std),
             "std",

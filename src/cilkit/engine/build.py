@@ -166,7 +166,13 @@ def _compiled_backbone(build: Callable[[], Backbone]) -> Backbone:
 
 
 def to_device(learner: Learner, device: torch.device, channels_last: bool) -> None:
-    """Move the learner to ``device`` (and to channels-last memory layout when asked)."""
+    """Move the learner to ``device`` (and its 4-D tensors, the convolutions', to channels-last
+    memory layout when asked; ``Module.to(memory_format=...)`` would also reach 5-D tensors,
+    such as a prompt method's per-task prefixes, and refuse them)."""
     learner.to(device)
     if channels_last:
-        learner.to(memory_format=torch.channels_last)
+        learner._apply(_channels_last_4d)
+
+
+def _channels_last_4d(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t

@@ -22,17 +22,26 @@ def predict_split(
     indices: torch.Tensor,
     batch_size: int,
     amp_dtype: torch.dtype | None = None,
+    queries: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-    """Top-1 and top-5 predictions of each classifier (``cnn``, ``nme``, ...) and the targets."""
+    """Top-1 and top-5 predictions of each classifier (``cnn``, ``nme``, ...) and the targets;
+    with ``queries`` (one row per sample of ``indices``, in order), ``learner.predict_queried``
+    gets each batch's rows beside its images."""
     was_training = learner.training
     learner.eval()
     top1: dict[str, list[torch.Tensor]] = {}
     top5: dict[str, list[torch.Tensor]] = {}
     targets = []
+    done = 0
     try:
         for batch in split.eval_batches(indices, batch_size):
             with autocast(split.device, amp_dtype):
-                scores = learner.predict(batch.x)
+                if queries is None:
+                    scores = learner.predict(batch.x)
+                else:
+                    rows = queries[done : done + len(batch.y)]
+                    scores = learner.predict_queried(batch.x, rows)
+            done += len(batch.y)
             _collect(scores, top1, top5)
             targets.append(batch.y)
     finally:
@@ -108,13 +117,19 @@ def predict_seen(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Predictions on the test samples of tasks ``0..task_id`` of ``scenario``: through the
     learner's evaluation extractor and ``cache``, task block by task block, where it declares
-    one (:meth:`~cilkit.learners.base.Learner.evaluation_extractor`), else
+    one (:meth:`~cilkit.learners.base.Learner.evaluation_extractor`); else on the images, with
+    its query model's features from ``cache`` beside them where it declares one
+    (:meth:`~cilkit.learners.base.Learner.query_extractor`: L2P's frozen query ViT), else
     :func:`predict_split` in dataset order."""
     extractor = learner.evaluation_extractor()
-    if extractor is None:
-        seen = scenario[: task_id + 1].indices
-        return predict_split(learner, split, seen, batch_size, amp_dtype)
     blocks = [scenario[k].indices for k in range(task_id + 1)]
+    if extractor is None:
+        query = learner.query_extractor()
+        if query is None:
+            seen = scenario[: task_id + 1].indices
+            return predict_split(learner, split, seen, batch_size, amp_dtype)
+        queries = cache.features(query, split, blocks, batch_size, amp_dtype)
+        return predict_split(learner, split, torch.cat(blocks), batch_size, amp_dtype, queries)
     return predict_features_split(learner, extractor, cache, split, blocks, batch_size, amp_dtype)
 
 

@@ -182,6 +182,23 @@ class Learner(nn.Module):
         only a branch that is new or changed runs again."""
         return None
 
+    def query_extractor(self) -> nn.Module | None:
+        """A frozen module whose features of the un-augmented test images
+        :meth:`predict_queried` takes beside the images (the pre-trained query model with which
+        L2P, DualPrompt and CODA-Prompt choose their prompts), else None.
+
+        The engine serves these features from the same test-feature cache as an
+        :meth:`evaluation_extractor`'s, so the query model runs over each test image once while
+        its values stay the same; ``predict(x)`` must equal ``predict_queried(x, query(x))``
+        (a contract test)."""
+        return None
+
+    @torch.no_grad()
+    def predict_queried(self, x: torch.Tensor, query: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Scores per classifier of images ``x`` whose :meth:`query_extractor` features are
+        ``query`` (only for a learner that declares a query extractor)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no query_extractor")
+
     @torch.no_grad()
     def predict_features(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Scores per classifier of ``features`` (the output of :meth:`evaluation_extractor`,
@@ -258,6 +275,12 @@ class Learner(nn.Module):
         kd = kd_loss(logits[:, : self.num_old_classes], self.old_logits(batch.x), temperature)
         a, b = weights()
         return StepOutput(a * ce + b * kd, {"ce": ce.detach(), "kd": kd.detach()}, logits)
+
+    def task_features(self, ctx: TaskContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and labels of the task's new classes' training samples (eval mode, no
+        augmentation, each image computed once per weight state: :meth:`features_fn`)."""
+        idx = ctx.new_indices()
+        return self.features_fn(ctx)(idx), ctx.train.targets[idx.to(ctx.train.device)]
 
     def features_fn(self, ctx: TaskContext, flip: bool = False):
         """Feature extractor over training-split positions, in eval mode. Herding, the class

@@ -58,12 +58,6 @@ class FrozenBackboneLearner(Learner):
             return torch.zeros(0, dtype=torch.long)
         return super().train_indices(ctx)
 
-    def task_features(self, ctx: TaskContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and labels of the task's new classes' training samples (eval mode, no
-        augmentation, each image computed once per weight state)."""
-        idx = ctx.new_indices()
-        return self.features_fn(ctx)(idx), ctx.train.targets[idx.to(ctx.train.device)]
-
     def evaluation_extractor(self) -> nn.Module | None:
         return self.network.backbone if self.backbone_frozen else None
 
