@@ -142,6 +142,8 @@ COVERED = {
     "podnet": "bic",
     "ride": "bic",  # a stage training only some parameters (the router)
     "memo": "der",  # a branched network
+    "dualprompt": "l2p",  # a frozen ViT prompted through the token seam: PromptLearner's path
+    "coda_prompt": "l2p",
 }
 """Learners whose distributed path another test of the default run already takes: two
 torchrun launches per learner cost about 35 s on two cores, and the default suite must stay

@@ -12,15 +12,19 @@ FAST = {
     "acil": ["learner.buffer_size=64"],
     "aper": [TINY_VIT],
     "bic": ["learner.bias_epochs=2"],
+    "coda_prompt": [TINY_VIT, "learner.pool_size=6"],
+    "dualprompt": [TINY_VIT, "learner.g_layers=[0]", "learner.e_layers=[1]"],
     "dsal": ["learner.buffer_size=64", "learner.fit_batch_size=100"],
     "ease": [TINY_VIT],
     "eeil": ["learner.finetune_epochs=2"],
     "foster": ["learner.compression_epochs=2"],
     "gdumb": ["learner.epochs=3"],
+    "l2p": [TINY_VIT, "learner.pool_size=4", "learner.top_k=2"],
     "mislas": ["learner.stage2_epochs=2"],
     "podnet": ["learner.finetune_epochs=2"],
     "proto_ltcil": ["learner.bias_epochs=2"],
     "ranpac": ["learner.M=64"],
+    "slca": ["learner.ca_epochs=2", "learner.ca_samples=16"],
     "ride": ["learner.router_epochs=2", "learner.reduce_dimension=false"],  # convnet4
 }
 

@@ -340,3 +340,21 @@ def mahalanobis(
     if not out:
         return x.new_zeros(x.shape[0], 0)
     return torch.cat(out).T
+
+
+def gaussian_samples(
+    means: torch.Tensor, covariances: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``(C, n, d)`` draws from ``N(means[c], covariances[c])`` for each of the ``C`` classes:
+    ``mu + z L^T`` with ``L`` the Cholesky factor of the covariance and ``z`` standard normal from
+    ``generator`` (what ``torch.distributions.MultivariateNormal`` draws, with a generator),
+    in the covariances' dtype and on their device.
+
+    Raises:
+        torch.linalg.LinAlgError: a covariance that is not positive definite (add a ridge).
+    """
+    factor = torch.linalg.cholesky(covariances)
+    z = torch.randn(
+        means.shape[0], n, means.shape[1], generator=generator, dtype=covariances.dtype
+    ).to(covariances.device)
+    return means.to(covariances)[:, None, :] + z @ factor.transpose(1, 2)

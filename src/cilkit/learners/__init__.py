@@ -5,9 +5,11 @@ from cilkit.learners import (  # noqa: F401  (registration)
     acil,
     aper,
     bic,
+    coda_prompt,
     der,
     derpp,
     dsal,
+    dualprompt,
     ease,
     eeil,
     ewc,
@@ -18,6 +20,7 @@ from cilkit.learners import (  # noqa: F401  (registration)
     icarl,
     il2m,
     joint,
+    l2p,
     lucir,
     lwf,
     memo,
@@ -29,6 +32,7 @@ from cilkit.learners import (  # noqa: F401  (registration)
     replay,
     ride,
     simplecil,
+    slca,
     wa,
 )
 from cilkit.learners.base import LEARNERS, Learner, create_learner, register_learner
