@@ -144,6 +144,9 @@ COVERED = {
     "memo": "der",  # a branched network
     "dualprompt": "l2p",  # a frozen ViT prompted through the token seam: PromptLearner's path
     "coda_prompt": "l2p",
+    "fecam": "simplecil",  # a frozen network's features and a closed-form classifier after it
+    "ranpac": "simplecil",
+    "dsal": "acil",  # backpropagation on the first task only, then recursive least squares
 }
 """Learners whose distributed path another test of the default run already takes: two
 torchrun launches per learner cost about 35 s on two cores, and the default suite must stay

@@ -100,7 +100,9 @@ class SLCA(Learner):
     momentum 0.9, weight decay 5e-4, batch 128, 20 epochs, milestone 18 (gamma 0.1) on CIFAR-100
     (``exps/slca/slca_cifar.json``), ViT-B/16 ImageNet-21k (``vit-b-p16``: timm's
     ``vit_base_patch16_224_in21k``); their class index ``c // task_size`` assumes equal tasks,
-    here each class's own task is used. LAMDA-PILOT's ``slca`` is the same code.
+    here each class's own task is used. LAMDA-PILOT's ``slca`` (``models/slca.py``, 5240714) is
+    the authors' code; its ``exps/slca.json`` trains at batch 64 with 3 alignment epochs and
+    an ImageNet-1k fine-tuned ViT (``vit_base_patch16_224``).
     """
 
     config_cls = SLCAConfig
