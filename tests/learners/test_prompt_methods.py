@@ -12,6 +12,7 @@ from fast_options import TINY_VIT  # noqa: E402
 
 from cilkit.backbones import vit_tokens  # noqa: E402
 from cilkit.backbones.vit_tokens import TokenEdits  # noqa: E402
+from cilkit.components.prompts import gram_schmidt_rows  # noqa: E402
 from cilkit.config import build_config  # noqa: E402
 from cilkit.contract import TaskContext, task_generator  # noqa: E402
 from cilkit.engine.trainer import Trainer  # noqa: E402
@@ -324,3 +325,17 @@ def test_coda_prompt_refuses_a_pool_too_small_for_the_tasks(tmp_path):
     parts = Trainer(_config("coda_prompt", "learner.pool_size=2"), tmp_path, log=None).setup()
     with pytest.raises(ConfigError, match="learner.pool_size: 2 components cannot be shared by 3"):
         parts.learner.before_task(_context(parts, 0))
+
+
+def test_coda_prompt_pool_fits_the_key_width(tmp_path):
+    """Every component's key is orthogonal to the others, so a pool wider than the ViT is a
+    one-line error, and the default (the authors' 100) shrinks to a small ViT's width."""
+    with pytest.raises(ConfigError, match="learner.pool_size: 30 components need 30 orthogonal"):
+        Trainer(_config("coda_prompt", "learner.pool_size=30"), tmp_path, log=None).setup()
+    parts = Trainer(_config("coda_prompt", "learner.pool_size=null"), tmp_path, log=None).setup()
+    assert parts.learner.pool_size == parts.learner.vit.dim == 24
+    for task in range(3):
+        parts.learner.before_task(_context(parts, task))
+    assert parts.learner.prompts.keys.stacked().shape[0] == 3 * (24 // 3)
+    with pytest.raises(ValueError, match="do not fit in 4 dimensions"):
+        gram_schmidt_rows(torch.zeros(3, 4), 2)

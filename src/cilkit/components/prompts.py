@@ -70,8 +70,13 @@ def gram_schmidt_rows(
 
     Rows of ``old`` that are no longer orthogonal to each other (trained rows) leave the new
     rows only approximately orthogonal to their span, as in the authors' code.
+
+    Raises:
+        ValueError: more rows than dimensions (they cannot all be orthogonal).
     """
     d = old.shape[1]
+    if old.shape[0] + count > d:
+        raise ValueError(f"{old.shape[0]} + {count} orthogonal rows do not fit in {d} dimensions")
     basis = [row for row in old.detach().double().cpu()]
     out = []
     while len(out) < count:

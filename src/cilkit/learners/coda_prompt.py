@@ -29,9 +29,10 @@ AUTHORS_LAYERS = (0, 1, 2, 3, 4)
 @dataclass(frozen=True)
 class CODAPromptConfig(LearnerConfig):
     name: str = "coda_prompt"
-    pool_size: int = 100
+    pool_size: int | None = None
     """Prompt components in all (the code's ``prompt_param[0]``); each task adds
-    ``pool_size // num_tasks`` of them."""
+    ``pool_size // num_tasks`` of them. None: the authors' 100, or the ViT's width when it is
+    smaller (the keys of all components are orthogonal, so there can be at most that many)."""
     prompt_length: int = 8
     """Tokens per prompt (``prompt_param[1]``): the first half are key prefixes, the rest value
     prefixes."""
@@ -42,7 +43,7 @@ class CODAPromptConfig(LearnerConfig):
     """Blocks that get prefixes; None: the authors' blocks 0-4, those the model has."""
 
     def __post_init__(self) -> None:
-        if self.pool_size < 1:
+        if self.pool_size is not None and self.pool_size < 1:
             raise FieldError("pool_size", "must be >= 1")
         if self.prompt_length < 2 or self.prompt_length % 2:
             raise FieldError("prompt_length", "must be even and >= 2 (key and value halves)")
@@ -122,6 +123,13 @@ class CODAPrompt(PromptLearner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.layers = prompted_blocks("layers", self.cfg.layers, AUTHORS_LAYERS, self.vit.depth)
+        dim = self.vit.dim
+        self.pool_size = self.cfg.pool_size if self.cfg.pool_size is not None else min(100, dim)
+        if self.pool_size > dim:
+            raise ConfigError(
+                f"learner.pool_size: {self.pool_size} components need {self.pool_size} orthogonal "
+                f"keys, but this ViT's keys have {dim} dimensions; set learner.pool_size <= {dim}"
+            )
         self.prompts: CODAComponents | None = None  # sized at the first task (num_tasks)
 
     def _components(self, per_task: int) -> CODAComponents:
@@ -133,10 +141,10 @@ class CODAPrompt(PromptLearner):
 
     def before_task(self, ctx: TaskContext) -> None:
         super().before_task(ctx)
-        per_task = self.cfg.pool_size // ctx.info.num_tasks
+        per_task = self.pool_size // ctx.info.num_tasks
         if per_task < 1:
             raise ConfigError(
-                f"learner.pool_size: {self.cfg.pool_size} components cannot be shared by "
+                f"learner.pool_size: {self.pool_size} components cannot be shared by "
                 f"{ctx.info.num_tasks} tasks; set it to at least {ctx.info.num_tasks}"
             )
         components = self._components(per_task)
