@@ -147,6 +147,7 @@ COVERED = {
     "fecam": "simplecil",  # a frozen network's features and a closed-form classifier after it
     "ranpac": "simplecil",
     "dsal": "acil",  # backpropagation on the first task only, then recursive least squares
+    "aper": "ease",  # a PEFT module in the ViT trained through its hooks
 }
 """Learners whose distributed path another test of the default run already takes: two
 torchrun launches per learner cost about 35 s on two cores, and the default suite must stay
