@@ -339,3 +339,13 @@ def test_coda_prompt_pool_fits_the_key_width(tmp_path):
     assert parts.learner.prompts.keys.stacked().shape[0] == 3 * (24 // 3)
     with pytest.raises(ValueError, match="do not fit in 4 dimensions"):
         gram_schmidt_rows(torch.zeros(3, 4), 2)
+
+
+def test_bad_prompt_options_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="learner.top_k=5: 5 prompts cannot be chosen from 4"):
+        _config("l2p", "learner.top_k=5")
+    with pytest.raises(ConfigError, match="l2p trains its head with the prompts: no rebalancing"):
+        _config("l2p", "learner.rebalance={method: lws}")
+    parts = Trainer(_config("dualprompt", "learner.pool_size=2"), tmp_path, log=None).setup()
+    with pytest.raises(ConfigError, match="learner.pool_size: 3 tasks need 3 expert prompts"):
+        parts.learner.before_task(_context(parts, 0))

@@ -119,7 +119,8 @@ def predict_seen(
     learner's evaluation extractor and ``cache``, task block by task block, where it declares
     one (:meth:`~cilkit.learners.base.Learner.evaluation_extractor`); else on the images, with
     its query model's features from ``cache`` beside them where it declares one
-    (:meth:`~cilkit.learners.base.Learner.query_extractor`: L2P's frozen query ViT), else
+    (:meth:`~cilkit.learners.base.Learner.query_extractor`: a prompt method's frozen query
+    model), else
     :func:`predict_split` in dataset order."""
     extractor = learner.evaluation_extractor()
     blocks = [scenario[k].indices for k in range(task_id + 1)]

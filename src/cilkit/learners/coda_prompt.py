@@ -4,6 +4,7 @@ frozen."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +75,7 @@ class CODAComponents(nn.Module):
                 earlier = (
                     old[:, layer].reshape(old.shape[0], -1)
                     if old is not None
-                    else torch.zeros(0, int(torch.tensor(params.shape[2:]).prod()))
+                    else torch.zeros(0, math.prod(params.shape[2:]))
                 )
                 rows.append(gram_schmidt_rows(earlier, self.per_task, generator))
             params.add(torch.stack(rows, dim=1))
